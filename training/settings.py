@@ -1,0 +1,81 @@
+"""One typed settings object for paths, URIs and the deployment profile.
+
+Every value can be overridden with an environment variable prefixed ``LOYALTY_``
+(e.g. ``LOYALTY_PROFILE=production``, ``LOYALTY_DATA_DIR=/srv/loyalty``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Profile(str, Enum):
+    embedded = "embedded"  # one machine, no servers: parquet + SQLite
+    production = "production"  # Redis online store, PostgreSQL registry/tracking
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    profile: Profile = Profile.embedded
+    data_dir: Path = Field(default=PROJECT_ROOT / ".loyalty")
+    shared_data_dir: Path = Field(default=PROJECT_ROOT.parent / "shared" / "data")
+    feature_repo_dir: Path = Field(default=PROJECT_ROOT / "features")
+    feast_project: str = "loyalty"
+
+    redis_url: str = "127.0.0.1:6379"
+    postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+    snapshot_every_days: int = 28  # cadence of feature snapshots in the offline store
+    seed: int = 7
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def raw_dir(self) -> Path:
+        """Data as produced by the simulator or an adapter, before validation."""
+        return self.data_dir / "raw"
+
+    @property
+    def curated_dir(self) -> Path:
+        """Rows that passed the data contracts."""
+        return self.data_dir / "curated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rows that failed a contract, with the reason."""
+        return self.data_dir / "quarantine"
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        return self.data_dir / "ground_truth"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Feature snapshot tables read by the Feast file offline store."""
+        return self.data_dir / "offline"
+
+    @property
+    def online_store_path(self) -> Path:
+        return self.data_dir / "online_store.db"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.db"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.profile is Profile.production:
+            return self.postgres_url
+        return f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
