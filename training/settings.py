@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     shared_data_dir: Path = Field(default=PROJECT_ROOT.parent / "shared" / "data")
     feature_repo_dir: Path = Field(default=PROJECT_ROOT / "features")
     feast_project: str = "loyalty"
+    dataset: str = "simulated"  # simulated | online_retail | complete_journey
 
     redis_url: str = "127.0.0.1:6379"
     postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -38,36 +39,40 @@ class Settings(BaseSettings):
 
     # -- derived locations -------------------------------------------------
     @property
+    def dataset_dir(self) -> Path:
+        return self.data_dir / self.dataset
+
+    @property
     def raw_dir(self) -> Path:
         """Data as produced by the simulator or an adapter, before validation."""
-        return self.data_dir / "raw"
+        return self.dataset_dir / "raw"
 
     @property
     def curated_dir(self) -> Path:
         """Rows that passed the data contracts."""
-        return self.data_dir / "curated"
+        return self.dataset_dir / "curated"
 
     @property
     def quarantine_dir(self) -> Path:
         """Rows that failed a contract, with the reason."""
-        return self.data_dir / "quarantine"
+        return self.dataset_dir / "quarantine"
 
     @property
     def ground_truth_dir(self) -> Path:
-        return self.data_dir / "ground_truth"
+        return self.dataset_dir / "ground_truth"
 
     @property
     def offline_dir(self) -> Path:
         """Feature snapshot tables read by the Feast file offline store."""
-        return self.data_dir / "offline"
+        return self.dataset_dir / "offline"
 
     @property
     def online_store_path(self) -> Path:
-        return self.data_dir / "online_store.db"
+        return self.dataset_dir / "online_store.db"
 
     @property
     def registry_path(self) -> Path:
-        return self.data_dir / "registry.db"
+        return self.dataset_dir / "registry.db"
 
     @property
     def mlflow_tracking_uri(self) -> str:

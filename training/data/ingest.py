@@ -1,0 +1,157 @@
+"""Raw tables -> contracts -> curated tables, with every rejected row quarantined and counted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from training.data.adapters import ADAPTERS, AdapterOutput
+from training.data.contracts import CONTRACTS, ContractError, validate
+from training.data.simulator import SimConfig, simulate
+from training.settings import Settings
+
+# (table, column) -> (parent table, parent key): rows pointing at unknown parents are quarantined
+REFERENCES = {
+    ("transactions", "member_id"): ("members", "member_id"),
+    ("transactions", "item_id"): ("items", "item_id"),
+    ("exposures", "member_id"): ("members", "member_id"),
+    ("exposures", "offer_id"): ("offers", "offer_id"),
+    ("responses", "exposure_id"): ("exposures", "exposure_id"),
+    ("engagement", "member_id"): ("members", "member_id"),
+    ("points_ledger", "member_id"): ("members", "member_id"),
+}
+# validate parents before children
+ORDER = ["members", "items", "offers", "transactions", "exposures", "responses", "engagement", "points_ledger"]
+
+
+def write_meta(settings: Settings, meta: dict) -> None:
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    (settings.dataset_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def read_meta(settings: Settings) -> dict:
+    path = settings.dataset_dir / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `loyalty-ml data load` for dataset {settings.dataset!r} first")
+    return json.loads(path.read_text())
+
+
+def simulate_dataset(settings: Settings, n_members: int, seed: int | None = None, progress: bool = True) -> dict:
+    cfg = SimConfig(n_members=n_members, seed=settings.seed if seed is None else seed)
+    counts = simulate(cfg, settings.dataset_dir, progress=progress)
+    _clear(settings.quarantine_dir)
+    write_meta(
+        settings,
+        {
+            "source": "simulator",
+            "end": cfg.end_ts,
+            "cutoff": cfg.start_ts + pd.Timedelta(days=cfg.cutoff_day),
+            "label_window_days": cfg.label_window_days,
+            "n_members": n_members,
+            "seed": cfg.seed,
+        },
+    )
+    return counts
+
+
+def load_public_dataset(settings: Settings) -> AdapterOutput:
+    """Run the adapter named by ``settings.dataset`` and write its raw tables and rejects."""
+    if settings.dataset not in ADAPTERS:
+        raise ValueError(f"dataset {settings.dataset!r} has no adapter; expected one of {sorted(ADAPTERS)}")
+    out = ADAPTERS[settings.dataset](settings.shared_data_dir)
+    _clear(settings.raw_dir)
+    _clear(settings.quarantine_dir)
+    for table, df in out.tables.items():
+        df.to_parquet(settings.raw_dir / f"{table}.parquet", index=False)
+    for table, df in out.rejected.items():
+        _write_quarantine(settings, table, "adapter", df)
+    write_meta(settings, {"source": settings.dataset, "end": out.end, "notes": out.notes,
+                          "adapter_rejected": out.rejected_counts()})
+    return out
+
+
+def _clear(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+
+
+def _write_quarantine(settings: Settings, table: str, stage: str, df: pd.DataFrame) -> None:
+    if df.empty:
+        return
+    out = df.astype("string").assign(_stage=stage)
+    out.to_parquet(settings.quarantine_dir / f"{table}__{stage}.parquet", index=False)
+
+
+def validate_dataset(settings: Settings) -> dict:
+    """Validate every raw table; write curated tables, quarantine files and a report."""
+    _clear(settings.curated_dir)
+    for old in settings.quarantine_dir.glob("*__contract.parquet"):
+        old.unlink()
+    for old in settings.quarantine_dir.glob("*__reference.parquet"):
+        old.unlink()
+    report: dict[str, dict] = {}
+    curated: dict[str, pd.DataFrame] = {}
+    for table in ORDER:
+        path = settings.raw_dir / f"{table}.parquet"
+        if not path.exists():
+            raise ContractError(f"{table}: raw file {path} missing")
+        raw = pd.read_parquet(path)
+        result = validate(table, raw)
+        valid = result.valid
+        _write_quarantine(settings, table, "contract", result.quarantined)
+        orphans = []
+        for (child, col), (parent, key) in REFERENCES.items():
+            if child != table or parent not in curated:
+                continue
+            unknown = ~valid[col].isin(curated[parent][key])
+            if unknown.any():
+                orphans.append(valid.loc[unknown].assign(_reason=f"{col}: not in curated {parent}"))
+                valid = valid.loc[~unknown]
+        n_orphans = sum(len(o) for o in orphans)
+        if orphans:
+            _write_quarantine(settings, table, "reference", pd.concat(orphans))
+        valid = valid.reset_index(drop=True)
+        valid.to_parquet(settings.curated_dir / f"{table}.parquet", index=False)
+        curated[table] = valid
+        adapter_q = settings.quarantine_dir / f"{table}__adapter.parquet"
+        n_adapter = len(pd.read_parquet(adapter_q, columns=["_reason"])) if adapter_q.exists() else 0
+        report[table] = {
+            "raw": len(raw),
+            "valid": len(valid),
+            "quarantined_contract": len(result.quarantined),
+            "quarantined_reference": n_orphans,
+            "rejected_by_adapter": n_adapter,
+            "reasons": _top_reasons(result.quarantined, orphans),
+        }
+        assert len(raw) == len(valid) + len(result.quarantined) + n_orphans, f"{table}: rows lost in validation"
+    (settings.dataset_dir / "validation_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _top_reasons(quarantined: pd.DataFrame, orphans: list[pd.DataFrame], top: int = 5) -> dict[str, int]:
+    reasons = pd.concat([quarantined.get("_reason", pd.Series(dtype=str))] + [o["_reason"] for o in orphans])
+    return {str(k): int(v) for k, v in reasons.value_counts().head(top).items()}
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    table = Table(title="data contracts")
+    for col in ("table", "raw", "valid", "quarantined", "adapter rejects"):
+        table.add_column(col, justify="right" if col != "table" else "left")
+    for name, r in report.items():
+        table.add_row(name, str(r["raw"]), str(r["valid"]), str(r["quarantined_contract"] + r["quarantined_reference"]),
+                      str(r["rejected_by_adapter"]))
+    (console or Console()).print(table)
+
+
+def load_curated(settings: Settings, table: str) -> pd.DataFrame:
+    if table not in CONTRACTS:
+        raise ValueError(f"unknown table {table!r}")
+    path = settings.curated_dir / f"{table}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `loyalty-ml data validate` first")
+    return pd.read_parquet(path)
