@@ -19,8 +19,15 @@ from training.settings import Settings
 WINDOWS = (30, 90, 365)
 HIGH_CONSUMPTION_ORDERS_90D = 2  # health quadrant: consumption activity threshold
 HIGH_INTERACTION_EVENTS_30D = 1  # health quadrant: opens + clicks in the last 30 days
-FEATURE_TABLES = ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement",
-                  "member_consent", "member_realtime")
+FEATURE_TABLES = (
+    "member_rfm",
+    "member_profile",
+    "member_affinity",
+    "member_points",
+    "member_engagement",
+    "member_consent",
+    "member_realtime",
+)
 
 
 def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
@@ -104,9 +111,18 @@ def _points(ledger: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFr
     exp_soon = (due.reindex(index).fillna(0) - used.reindex(index).fillna(0)).clip(lower=0)
     out["points_expiring_30d"] = np.minimum(exp_soon, out["points_balance"]).astype("int64")
     recent = hist[hist["ts"] >= t - pd.Timedelta(days=90)]
-    out["points_earned_90d"] = recent[recent["points"] > 0].groupby("member_id")["points"].sum().reindex(index).fillna(0).astype("int64")
-    out["points_burned_90d"] = (-recent[recent["kind"] == "burn"].groupby("member_id")["points"].sum()).reindex(index).fillna(0).astype("int64")
-    out["points_adjust_90d"] = recent[recent["kind"] == "adjust"].groupby("member_id").size().reindex(index).fillna(0).astype("int64")
+    out["points_earned_90d"] = (
+        recent[recent["points"] > 0].groupby("member_id")["points"].sum().reindex(index).fillna(0).astype("int64")
+    )
+    out["points_burned_90d"] = (
+        (-recent[recent["kind"] == "burn"].groupby("member_id")["points"].sum())
+        .reindex(index)
+        .fillna(0)
+        .astype("int64")
+    )
+    out["points_adjust_90d"] = (
+        recent[recent["kind"] == "adjust"].groupby("member_id").size().reindex(index).fillna(0).astype("int64")
+    )
     return out
 
 
@@ -124,9 +140,15 @@ def _engagement(eng: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
     last30 = hist[(hist["ts"] >= t - pd.Timedelta(days=30)) & hist["event"].isin(["open", "click"])]
     out["interactions_30d"] = last30.groupby("member_id").size().reindex(index).fillna(0).astype("int64")
     opens = hist[hist["event"] == "open"]
-    best = opens.groupby(["member_id", "hour"]).size().reset_index(name="n").sort_values(["member_id", "n", "hour"],
-                                                                                        ascending=[True, False, True])
-    out["best_send_hour"] = best.drop_duplicates("member_id").set_index("member_id")["hour"].reindex(index).fillna(-1).astype("int64")
+    best = (
+        opens.groupby(["member_id", "hour"])
+        .size()
+        .reset_index(name="n")
+        .sort_values(["member_id", "n", "hour"], ascending=[True, False, True])
+    )
+    out["best_send_hour"] = (
+        best.drop_duplicates("member_id").set_index("member_id")["hour"].reindex(index).fillna(-1).astype("int64")
+    )
     return out
 
 
@@ -144,8 +166,9 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
     start = min(txn["ts"].min(), members["join_date"].min()) if len(txn) else members["join_date"].min()
     times = snapshot_times(start, end, settings.snapshot_every_days)
 
-    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in ("member_rfm", "member_profile", "member_affinity",
-                                                               "member_points", "member_engagement")}
+    frames: dict[str, list[pd.DataFrame]] = {
+        k: [] for k in ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement")
+    }
     tier_prev = pd.Series(0, index=members.index)
     tier_since = pd.Series(pd.NaT, index=members.index, dtype="datetime64[ns]")
     for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=not progress):
@@ -155,7 +178,9 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
         m = members.loc[joined]
         rfm = _rfm(orders, m, t)
         eng_f = _engagement(eng, joined, t)
-        level = pd.Series(tier_from_spend(rfm["monetary_365d"].to_numpy(), rfm["recency_days"].to_numpy()), index=joined)
+        level = pd.Series(
+            tier_from_spend(rfm["monetary_365d"].to_numpy(), rfm["recency_days"].to_numpy()), index=joined
+        )
         changed = (level != tier_prev.reindex(joined)) | tier_since.reindex(joined).isna()
         tier_since.loc[joined[changed.to_numpy()]] = t
         tier_prev.loc[joined] = level
@@ -163,13 +188,19 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
         profile["tier"] = tier_names(level.to_numpy())
         profile["tier_level"] = level.astype("int64")
         profile["months_at_tier"] = ((t - tier_since.reindex(joined)).dt.days / 30.44).round(1)
-        profile["lifecycle_stage"] = lifecycle_stage(rfm["tenure_days"], rfm["recency_days"], rfm["monetary_90d"],
-                                                     rfm["monetary_prev_90d"])
+        profile["lifecycle_stage"] = lifecycle_stage(
+            rfm["tenure_days"], rfm["recency_days"], rfm["monetary_90d"], rfm["monetary_prev_90d"]
+        )
         profile["health_quadrant"] = health_quadrant(rfm["frequency_90d"], eng_f["interactions_30d"])
         profile["region"] = m["region"].astype(str)
         profile["city_tier"] = m["city_tier"].fillna(0).astype("int64")
-        for name, df in (("member_rfm", rfm), ("member_profile", profile), ("member_engagement", eng_f),
-                         ("member_affinity", _affinity(lines, joined, t)), ("member_points", _points(ledger, joined, t))):
+        for name, df in (
+            ("member_rfm", rfm),
+            ("member_profile", profile),
+            ("member_engagement", eng_f),
+            ("member_affinity", _affinity(lines, joined, t)),
+            ("member_points", _points(ledger, joined, t)),
+        ):
             frames[name].append(df.rename_axis("member_id").reset_index().assign(event_timestamp=t))
 
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
@@ -179,8 +210,9 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
         df.to_parquet(settings.offline_dir / f"{name}.parquet", index=False)
         counts[name] = len(df)
-    consent = members.reset_index()[["member_id", "consent_personalisation", "consent_push", "consent_sms",
-                                     "consent_email", "consent_updated_at"]]
+    consent = members.reset_index()[
+        ["member_id", "consent_personalisation", "consent_push", "consent_sms", "consent_email", "consent_updated_at"]
+    ]
     consent = consent.rename(columns={"consent_updated_at": "event_timestamp"})
     consent["event_timestamp"] = pd.to_datetime(consent["event_timestamp"]).dt.tz_localize("UTC")
     consent.to_parquet(settings.offline_dir / "member_consent.parquet", index=False)
@@ -199,5 +231,3 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
     realtime.to_parquet(settings.offline_dir / "member_realtime.parquet", index=False)
     counts["member_realtime"] = len(realtime)
     return counts
-
-

@@ -6,7 +6,7 @@ Every value can be overridden with an environment variable prefixed ``LOYALTY_``
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Profile(str, Enum):
+class Profile(StrEnum):
     embedded = "embedded"  # one machine, no servers: parquet + SQLite
     production = "production"  # Redis online store, PostgreSQL registry/tracking
 

@@ -162,7 +162,9 @@ def load_complete_journey(shared_dir: Path) -> AdapterOutput:
 
     bad_qty = tx["quantity"] <= 0
     bad_value = ~bad_qty & (tx["sales_value"] < 0)
-    rejected_tx = pd.concat([_reject(tx, bad_qty, "non-positive quantity"), _reject(tx, bad_value, "negative sales_value")])
+    rejected_tx = pd.concat(
+        [_reject(tx, bad_qty, "non-positive quantity"), _reject(tx, bad_value, "negative sales_value")]
+    )
     ok = tx.loc[~tx.index.isin(rejected_tx.index)]
     txn = pd.DataFrame(
         {
@@ -185,9 +187,9 @@ def load_complete_journey(shared_dir: Path) -> AdapterOutput:
     seen = pd.concat(
         [
             txn[["member_id", "ts"]],
-            campaigns.assign(member_id=campaigns["household_id"].astype(str), ts=campaigns["campaign_id"].map(desc["start"]))[
-                ["member_id", "ts"]
-            ],
+            campaigns.assign(
+                member_id=campaigns["household_id"].astype(str), ts=campaigns["campaign_id"].map(desc["start"])
+            )[["member_id", "ts"]],
             demographics.assign(member_id=demographics["household_id"].astype(str), ts=pd.NaT)[["member_id", "ts"]],
         ]
     )
@@ -218,7 +220,9 @@ def load_complete_journey(shared_dir: Path) -> AdapterOutput:
 
     # One offer per campaign: its coupons promote the campaign's most common department.
     dept = coupons.merge(products[["product_id", "department"]], on="product_id", how="left")
-    top_dept = dept.groupby("campaign_id")["department"].agg(lambda s: s.dropna().mode().iat[0] if s.notna().any() else None)
+    top_dept = dept.groupby("campaign_id")["department"].agg(
+        lambda s: s.dropna().mode().iat[0] if s.notna().any() else None
+    )
     n_coupons = coupons.groupby("campaign_id")["coupon_upc"].nunique()
     offers = pd.DataFrame(
         {

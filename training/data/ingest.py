@@ -69,8 +69,10 @@ def load_public_dataset(settings: Settings) -> AdapterOutput:
         df.to_parquet(settings.raw_dir / f"{table}.parquet", index=False)
     for table, df in out.rejected.items():
         _write_quarantine(settings, table, "adapter", df)
-    write_meta(settings, {"source": settings.dataset, "end": out.end, "notes": out.notes,
-                          "adapter_rejected": out.rejected_counts()})
+    write_meta(
+        settings,
+        {"source": settings.dataset, "end": out.end, "notes": out.notes, "adapter_rejected": out.rejected_counts()},
+    )
     return out
 
 
@@ -143,8 +145,13 @@ def print_report(report: dict, console: Console | None = None) -> None:
     for col in ("table", "raw", "valid", "quarantined", "adapter rejects"):
         table.add_column(col, justify="right" if col != "table" else "left")
     for name, r in report.items():
-        table.add_row(name, str(r["raw"]), str(r["valid"]), str(r["quarantined_contract"] + r["quarantined_reference"]),
-                      str(r["rejected_by_adapter"]))
+        table.add_row(
+            name,
+            str(r["raw"]),
+            str(r["valid"]),
+            str(r["quarantined_contract"] + r["quarantined_reference"]),
+            str(r["rejected_by_adapter"]),
+        )
     (console or Console()).print(table)
 
 

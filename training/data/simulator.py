@@ -84,7 +84,7 @@ def make_catalogue(cfg: SimConfig) -> dict:
     rows = []
     for c, cat in enumerate(CATEGORIES):
         for s in range(2):
-            for j in range(cfg.items_per_subcategory):
+            for _j in range(cfg.items_per_subcategory):
                 price = float(np.round(np.exp(rng.normal(2.3 + 0.25 * (c % 4), 0.5)), 2))
                 rows.append(
                     {
@@ -102,13 +102,32 @@ def make_catalogue(cfg: SimConfig) -> dict:
     cat_factors = rng.normal(0, 1.0, (len(CATEGORIES), cfg.n_factors))
     item_factors = cat_factors[cat_idx] + rng.normal(0, 0.5, (n_items, cfg.n_factors))
     item_bias = rng.normal(0, 0.6, n_items)
-    category_coef = {c: float(v) for c, v in zip(CATEGORIES, rng.choice([1.0, 1.0, 1.5, 2.0], len(CATEGORIES)))}
+    category_coef = {
+        c: float(v) for c, v in zip(CATEGORIES, rng.choice([1.0, 1.0, 1.5, 2.0], len(CATEGORIES)), strict=False)
+    }
 
-    kinds = ["coupon", "discount", "points_multiplier", "gift", "service", "coupon",
-             "discount", "points_multiplier", "gift", "coupon", "service", "discount"]
+    kinds = [
+        "coupon",
+        "discount",
+        "points_multiplier",
+        "gift",
+        "service",
+        "coupon",
+        "discount",
+        "points_multiplier",
+        "gift",
+        "coupon",
+        "service",
+        "discount",
+    ]
     scenes = ["time", "space", "social", "need"]
     values = ["material", "emotional", "social", "development"]
-    tier_sets = ["Regular|Silver|Gold|Platinum", "Silver|Gold|Platinum", "Gold|Platinum", "Regular|Silver|Gold|Platinum"]
+    tier_sets = [
+        "Regular|Silver|Gold|Platinum",
+        "Silver|Gold|Platinum",
+        "Gold|Platinum",
+        "Regular|Silver|Gold|Platinum",
+    ]
     offers = []
     for o, kind in enumerate(kinds):
         offers.append(
@@ -196,7 +215,9 @@ def _hour_weights() -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- chunk
-def _sample_items(rng: np.random.Generator, prob: np.ndarray, member_rows: np.ndarray, batch: int = 40_000) -> np.ndarray:
+def _sample_items(
+    rng: np.random.Generator, prob: np.ndarray, member_rows: np.ndarray, batch: int = 40_000
+) -> np.ndarray:
     """Draw one item per row from each row's member preference distribution."""
     out = np.empty(len(member_rows), dtype=np.int64)
     for lo in range(0, len(member_rows), batch):
@@ -229,7 +250,6 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
     spend_by_day = np.zeros((n, cfg.days), dtype=np.float32)  # expected spend, for tier at campaign time
     order_member: list[np.ndarray] = []
     order_day: list[np.ndarray] = []
-    order_channel: list[np.ndarray] = []
     alive_at_cutoff = recency_at_cutoff = None
     campaign_days = {cfg.cutoff_day + off: k for k, off in enumerate(cfg.campaign_offsets)}
     offers, effect = cat["offers"], cat["effect"]
@@ -252,8 +272,23 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
             order_day.append(np.full(len(rows), d))
             spend_by_day[bought, d] = k[bought] * lat.basket_value[bought] * 2.5
         if d in campaign_days:
-            exp_df, conv = _run_campaign(cfg, rng, chunk_no, lat, cat_pref, consent, spend_by_day, recency, active, joined,
-                                         d, campaign_days[d], offers, effect, offer_cat)
+            exp_df, conv = _run_campaign(
+                cfg,
+                rng,
+                chunk_no,
+                lat,
+                cat_pref,
+                consent,
+                spend_by_day,
+                recency,
+                active,
+                joined,
+                d,
+                campaign_days[d],
+                offers,
+                effect,
+                offer_cat,
+            )
             exposures.append(exp_df)
             if len(conv[0]):
                 conv_orders.append(conv)
@@ -271,8 +306,18 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
     n_lines = 1 + rng.poisson(1.5, len(om))
     line_order = np.repeat(np.arange(len(om)), n_lines)
     line_item = _sample_items(rng, lat.item_prob, om[line_order])
-    txn = _lines_frame(rng, cfg, items, lat, om, od, och, line_order, line_item,
-                       order_ids=np.char.add(f"C{chunk_no}R", np.arange(len(om)).astype(str)).astype(object))
+    txn = _lines_frame(
+        rng,
+        cfg,
+        items,
+        lat,
+        om,
+        od,
+        och,
+        line_order,
+        line_item,
+        order_ids=np.char.add(f"C{chunk_no}R", np.arange(len(om)).astype(str)).astype(object),
+    )
 
     # campaign conversions become orders in the promoted category
     conv_txn = []
@@ -281,8 +326,18 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
         masked /= masked.sum(axis=1, keepdims=True)
         conv_item = _sample_items(rng, masked, np.arange(len(m_rows)))
         conv_txn.append(
-            _lines_frame(rng, cfg, items, lat, m_rows, days, np.full(len(m_rows), "campaign", dtype=object),
-                         np.arange(len(m_rows)), conv_item, order_ids=conv_ids)
+            _lines_frame(
+                rng,
+                cfg,
+                items,
+                lat,
+                m_rows,
+                days,
+                np.full(len(m_rows), "campaign", dtype=object),
+                np.arange(len(m_rows)),
+                conv_item,
+                order_ids=conv_ids,
+            )
         )
     exposures_df = pd.concat(exposures, ignore_index=True) if exposures else pd.DataFrame()
     if conv_txn:
@@ -309,7 +364,8 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
             "city_tier": rng.integers(1, 6, n),
             "tier": tier_names(tier_from_spend(spend, rec_end)),
             **consent,
-            "consent_updated_at": join_ts.where(join_ts > start, start) + pd.to_timedelta(rng.integers(0, 30, n), unit="D"),
+            "consent_updated_at": join_ts.where(join_ts > start, start)
+            + pd.to_timedelta(rng.integers(0, 30, n), unit="D"),
         }
     )
 
@@ -333,8 +389,14 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
             "alive_at_end": alive & (lat.join_day <= cfg.days),
         }
     )
-    responses = exposures_df[["exposure_id", "member_id", "offer_id", "redeemed", "converted", "response_ts", "revenue"]] if len(exposures_df) else exposures_df
-    exposures_out = exposures_df.drop(columns=["redeemed", "converted", "response_ts", "revenue", "conv_order_id"], errors="ignore")
+    responses = (
+        exposures_df[["exposure_id", "member_id", "offer_id", "redeemed", "converted", "response_ts", "revenue"]]
+        if len(exposures_df)
+        else exposures_df
+    )
+    exposures_out = exposures_df.drop(
+        columns=["redeemed", "converted", "response_ts", "revenue", "conv_order_id"], errors="ignore"
+    )
     return {
         "raw/members": members,
         "raw/transactions": txn,
@@ -351,7 +413,9 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
     }
 
 
-def _lines_frame(rng, cfg, items, lat, order_rows, order_days, order_channel, line_order, line_item, order_ids) -> pd.DataFrame:
+def _lines_frame(
+    rng, cfg, items, lat, order_rows, order_days, order_channel, line_order, line_item, order_ids
+) -> pd.DataFrame:
     qty = 1 + rng.poisson(0.3, len(line_item))
     price = items["price"].to_numpy()[line_item]
     discount = np.where(rng.random(len(line_item)) < 0.15, rng.uniform(0.05, 0.3, len(line_item)), 0.0)
@@ -374,7 +438,9 @@ def _lines_frame(rng, cfg, items, lat, order_rows, order_days, order_channel, li
     )
 
 
-def _run_campaign(cfg, rng, chunk_no, lat, cat_pref, consent, spend_by_day, recency, active, joined, d, k, offers, effect, offer_cat):
+def _run_campaign(
+    cfg, rng, chunk_no, lat, cat_pref, consent, spend_by_day, recency, active, joined, d, k, offers, effect, offer_cat
+):
     """One randomised campaign: random reach, random eligible offer, treatment/control split."""
     n = len(lat.ids)
     reachable = joined & (consent["consent_push"] | consent["consent_sms"] | consent["consent_email"])
@@ -387,11 +453,13 @@ def _run_campaign(cfg, rng, chunk_no, lat, cat_pref, consent, spend_by_day, rece
     rows = np.nonzero(chosen & eligible.any(axis=1))[0]
     n_elig = eligible[rows].sum(axis=1)
     pick = (rng.random(len(rows)) * n_elig).astype(int)
-    offer_idx = np.array([np.nonzero(eligible[r])[0][p] for r, p in zip(rows, pick)], dtype=np.int64)
+    offer_idx = np.array([np.nonzero(eligible[r])[0][p] for r, p in zip(rows, pick, strict=False)], dtype=np.int64)
     treated = rng.random(len(rows)) >= cfg.control_share
     arm_p = np.where(treated, 1 - cfg.control_share, cfg.control_share)
     channels = np.array(["push", "sms", "email"], dtype=object)
-    ch_ok = np.stack([consent["consent_push"][rows], consent["consent_sms"][rows], consent["consent_email"][rows]], axis=1)
+    ch_ok = np.stack(
+        [consent["consent_push"][rows], consent["consent_sms"][rows], consent["consent_email"][rows]], axis=1
+    )
     ch = channels[np.argmax(ch_ok * rng.random(ch_ok.shape), axis=1)]
     p0, p1 = _conversion_probs(lat, cat_pref, effect, offer_cat, rows, offer_idx)
     p = np.where(treated, p1, p0) * active[rows]  # dead members never convert
@@ -453,17 +521,37 @@ def _engagement(cfg, rng, lat, consent) -> pd.DataFrame:
         keep = lat.join_day[m] <= day
         m, day = m[keep], day[keep]
         send_hour = rng.integers(9, 21, len(m))
-        closeness = np.exp(-np.minimum(np.abs(send_hour - lat.best_hour[m]), 24 - np.abs(send_hour - lat.best_hour[m])) / 4.0)
+        closeness = np.exp(
+            -np.minimum(np.abs(send_hour - lat.best_hour[m]), 24 - np.abs(send_hour - lat.best_hour[m])) / 4.0
+        )
         opened = rng.random(len(m)) < lat.engagement[m] * ch_factor * (0.4 + 0.6 * closeness)
         clicked = opened & (rng.random(len(m)) < 0.35)
         open_hour = np.where(rng.random(len(m)) < 0.7, lat.best_hour[m], send_hour)
         base = cfg.start_ts + pd.to_timedelta(day, unit="D")
-        frames.append(pd.DataFrame({"member_id": lat.ids[m], "ts": base + pd.to_timedelta(send_hour, unit="h"),
-                                    "channel": ch, "event": "send", "hour": send_hour}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "member_id": lat.ids[m],
+                    "ts": base + pd.to_timedelta(send_hour, unit="h"),
+                    "channel": ch,
+                    "event": "send",
+                    "hour": send_hour,
+                }
+            )
+        )
         for ev, mask, extra in (("open", opened, 0), ("click", clicked, 1)):
             h = (open_hour[mask] + extra) % 24
-            frames.append(pd.DataFrame({"member_id": lat.ids[m[mask]], "ts": base[mask] + pd.to_timedelta(h, unit="h"),
-                                        "channel": ch, "event": ev, "hour": h}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "member_id": lat.ids[m[mask]],
+                        "ts": base[mask] + pd.to_timedelta(h, unit="h"),
+                        "channel": ch,
+                        "event": ev,
+                        "hour": h,
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -478,15 +566,34 @@ def _points_ledger(cfg, rng, cat, txn, lat) -> tuple[pd.DataFrame, pd.DataFrame]
         day = int(rng.integers(lo, cfg.days - 5)) if lo < cfg.days - 6 else cfg.days - 5
         k = int(rng.integers(8, 25))
         ts = cfg.start_ts + pd.Timedelta(days=day) + pd.to_timedelta(np.sort(rng.integers(0, 36 * 3600, k)), unit="s")
-        extra.append(pd.DataFrame({"member_id": lat.ids[r], "order_id": [f"F{r}_{i}" for i in range(k)], "ts": ts,
-                                   "points": rng.integers(150, 400, k), "kind": "adjust", "fraud": True}))
+        extra.append(
+            pd.DataFrame(
+                {
+                    "member_id": lat.ids[r],
+                    "order_id": [f"F{r}_{i}" for i in range(k)],
+                    "ts": ts,
+                    "points": rng.integers(150, 400, k),
+                    "kind": "adjust",
+                    "fraud": True,
+                }
+            )
+        )
     # Goodwill adjustments for ordinary members, so "adjust" alone is not the fraud signal.
     goodwill = np.nonzero(rng.random(n) < 0.02)[0]
     if len(goodwill):
         days = np.maximum(lat.join_day[goodwill], 0) + rng.integers(1, 60, len(goodwill))
-        extra.append(pd.DataFrame({"member_id": lat.ids[goodwill], "order_id": None,
-                                   "ts": cfg.start_ts + pd.to_timedelta(np.minimum(days, cfg.days - 1), unit="D"),
-                                   "points": rng.integers(20, 200, len(goodwill)), "kind": "adjust", "fraud": False}))
+        extra.append(
+            pd.DataFrame(
+                {
+                    "member_id": lat.ids[goodwill],
+                    "order_id": None,
+                    "ts": cfg.start_ts + pd.to_timedelta(np.minimum(days, cfg.days - 1), unit="D"),
+                    "points": rng.integers(20, 200, len(goodwill)),
+                    "kind": "adjust",
+                    "fraud": False,
+                }
+            )
+        )
     coef = cat["items"].set_index("item_id")["category_l1"].map(cat["category_coef"])
     ledger = derive_points_ledger(txn, coef, cfg.end_ts, rng=rng, extra_events=extra)
     fraud_members = pd.DataFrame({"member_id": lat.ids, "fraud": np.isin(np.arange(n), fraudsters)})
@@ -507,7 +614,9 @@ def _truth_preferences(lat: _Latent, top: int = 20) -> pd.DataFrame:
     )
 
 
-def _truth_churn(cfg: SimConfig, lat: _Latent, alive0: np.ndarray, recency0: np.ndarray, season: np.ndarray) -> pd.DataFrame:
+def _truth_churn(
+    cfg: SimConfig, lat: _Latent, alive0: np.ndarray, recency0: np.ndarray, season: np.ndarray
+) -> pd.DataFrame:
     """Exact P(no purchase in the label window | true state at the cutoff).
 
     Along a no-purchase path recency is deterministic, so the probability is a product
@@ -578,7 +687,11 @@ def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True) -> dict[str, 
     finally:
         for w in writers.values():
             w.close()
-    meta = {"config": {k: v for k, v in asdict(cfg).items()}, "counts": counts,
-            "cutoff": str(cfg.start_ts + pd.Timedelta(days=cfg.cutoff_day)), "end": str(cfg.end_ts)}
+    meta = {
+        "config": {k: v for k, v in asdict(cfg).items()},
+        "counts": counts,
+        "cutoff": str(cfg.start_ts + pd.Timedelta(days=cfg.cutoff_day)),
+        "end": str(cfg.end_ts),
+    }
     (out_dir / "ground_truth" / "simulation.json").write_text(json.dumps(meta, indent=2, default=str))
     return counts

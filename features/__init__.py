@@ -1,0 +1,1 @@
+"""Feast feature repository: entities, sources, feature views, on-demand views, services."""

@@ -1,0 +1,25 @@
+"""Request-time features."""
+
+import pandas as pd
+from feast import Field, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64
+
+from features.views import member_realtime, member_rfm
+
+request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=Int64)])
+
+
+@on_demand_feature_view(
+    sources=[member_rfm, member_realtime, request_time],
+    schema=[Field(name="days_since_last_purchase", dtype=Float64)],
+    mode="pandas",
+    description="Days since the last purchase at request time, counting purchases pushed in real time.",
+)
+def request_recency(inputs: pd.DataFrame) -> pd.DataFrame:
+    batch = inputs["last_purchase_ts"].fillna(0).astype("int64")
+    live = inputs["rt_last_purchase_ts"].fillna(0).astype("int64")
+    last = batch.where(batch >= live, live)
+    days = (inputs["request_ts"].astype("int64") - last) / 86400.0
+    # no purchase ever: report a large sentinel rather than time since the epoch
+    return pd.DataFrame({"days_since_last_purchase": days.where(last > 0, 9999.0)})

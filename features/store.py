@@ -1,0 +1,123 @@
+"""Feature store for the active profile: config, apply, materialise, read.
+
+The profile is configuration only: the same definitions run on the embedded default
+(parquet offline store, SQLite online store, file registry) and on the production
+profile (Redis online store, PostgreSQL SQL registry).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import yaml
+from feast import FeatureStore, RepoConfig
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+from feast.repo_config import RegistryConfig
+
+from training.settings import Profile, Settings
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    if settings.profile is Profile.production:
+        registry = RegistryConfig(
+            registry_type="sql",
+            path=settings.postgres_url,
+            cache_ttl_seconds=60,
+            sqlalchemy_config_kwargs={"pool_pre_ping": True},
+        )
+        online = RedisOnlineStoreConfig(connection_string=settings.redis_url)
+    else:
+        registry = RegistryConfig(path=str(settings.registry_path), cache_ttl_seconds=60)
+        online = SqliteOnlineStoreConfig(path=str(settings.online_store_path))
+    return RepoConfig(
+        project=f"{settings.feast_project}_{settings.dataset}",
+        provider="local",
+        registry=registry,
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=settings.feature_repo_dir,
+    )
+
+
+def get_store(settings: Settings) -> FeatureStore:
+    return FeatureStore(config=repo_config(settings), repo_path=str(settings.feature_repo_dir))
+
+
+def feast_objects() -> list:
+    from features import definitions as d
+
+    return [
+        d.member,
+        d.member_events_push,
+        d.member_rfm,
+        d.member_profile,
+        d.member_affinity,
+        d.member_points,
+        d.member_engagement,
+        d.member_consent,
+        d.member_realtime,
+        d.request_recency,
+        d.churn_v1,
+        d.offer_v1,
+        d.member_online_v1,
+    ]
+
+
+def write_feature_store_yaml(settings: Settings) -> None:
+    """Render feature_store.yaml for the ``feast`` CLI from the same settings."""
+    cfg = repo_config(settings)
+    doc = {
+        "project": cfg.project,
+        "provider": "local",
+        "registry": cfg.registry_config
+        if isinstance(cfg.registry_config, str)
+        else cfg.registry_config.model_dump(exclude_none=True, exclude_defaults=True)
+        | {"path": cfg.registry_config.path},
+        "online_store": cfg.online_store.model_dump(exclude_none=True),
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+    (settings.feature_repo_dir / "feature_store.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def apply(settings: Settings) -> FeatureStore:
+    store = get_store(settings)
+    store.apply(feast_objects())
+    write_feature_store_yaml(settings)
+    return store
+
+
+NO_TTL_VIEWS = ["member_consent", "member_realtime"]  # latest value ever recorded is current
+
+
+def materialize(settings: Settings, end: datetime) -> None:
+    """Load the latest values as of ``end`` into the online store."""
+    store = get_store(settings)
+    end_dt = pd.Timestamp(end).to_pydatetime()
+    recent = pd.Timestamp(end) - pd.Timedelta(days=2 * settings.snapshot_every_days)
+    snapshot_views = [fv.name for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
+    store.materialize(start_date=recent.to_pydatetime(), end_date=end_dt, feature_views=snapshot_views)
+    store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=NO_TTL_VIEWS)
+
+
+def online_features(
+    store: FeatureStore, member_ids: list[str], request_ts: int, service: str = "member_online_v1"
+) -> pd.DataFrame:
+    rows = [{"member_id": m, "request_ts": int(request_ts)} for m in member_ids]
+    return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
+
+
+def training_frame(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
+    """Point-in-time correct features for ``entity_df`` (member_id, event_timestamp, labels...).
+
+    Every entity row comes back, in order, with nulls where no snapshot is in range: the
+    file (dask) offline store drops rows whose only candidate snapshots fall outside the
+    TTL window or after the timestamp, so rows are re-attached by a row id.
+    """
+    keyed = entity_df.reset_index(drop=True).assign(_row=lambda d: range(len(d)))
+    feats = store.get_historical_features(entity_df=keyed, features=store.get_feature_service(service)).to_df()
+    feats = feats.drop(columns=[c for c in entity_df.columns if c != "_row"]).drop_duplicates("_row")
+    return keyed.merge(feats, on="_row", how="left").drop(columns="_row")

@@ -1,0 +1,129 @@
+"""Feature views over the member snapshot tables."""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Bool, Float64, Int64, String
+
+from features.entities import member
+from features.sources import (
+    member_affinity_source,
+    member_consent_source,
+    member_engagement_source,
+    member_events_push,
+    member_points_source,
+    member_profile_source,
+    member_rfm_source,
+)
+from training.settings import get_settings
+
+# A snapshot is valid until the next one plus slack; older values are treated as missing.
+SNAPSHOT_TTL = timedelta(days=2 * get_settings().snapshot_every_days)
+
+
+def _view(name: str, source, fields: list[Field], ttl: timedelta = SNAPSHOT_TTL, description: str = "") -> FeatureView:
+    return FeatureView(
+        name=name, entities=[member], ttl=ttl, schema=fields, source=source, online=True, description=description
+    )
+
+
+member_rfm = _view(
+    "member_rfm",
+    member_rfm_source,
+    [
+        Field(name="recency_days", dtype=Float64),
+        Field(name="last_purchase_ts", dtype=Int64),
+        *[Field(name=f"frequency_{w}d", dtype=Int64) for w in (30, 90, 365)],
+        *[Field(name=f"monetary_{w}d", dtype=Float64) for w in (30, 90, 365)],
+        Field(name="monetary_prev_90d", dtype=Float64),
+        Field(name="aov_365d", dtype=Float64),
+        Field(name="orders_total", dtype=Int64),
+        Field(name="tenure_days", dtype=Float64),
+    ],
+    description="Recency, frequency and monetary value over 30/90/365 days; average order value.",
+)
+
+member_profile = _view(
+    "member_profile",
+    member_profile_source,
+    [
+        Field(name="tier", dtype=String),
+        Field(name="tier_level", dtype=Int64),
+        Field(name="months_at_tier", dtype=Float64),
+        Field(name="lifecycle_stage", dtype=String),
+        Field(name="health_quadrant", dtype=String),
+        Field(name="region", dtype=String),
+        Field(name="city_tier", dtype=Int64),
+    ],
+    description="Tier and months at tier, lifecycle stage, health quadrant (90-day buying x 30-day interaction).",
+)
+
+member_affinity = _view(
+    "member_affinity",
+    member_affinity_source,
+    [
+        *[
+            f
+            for k in (1, 2, 3)
+            for f in (
+                Field(name=f"top_category_{k}", dtype=String),
+                Field(name=f"top_category_{k}_share", dtype=Float64),
+            )
+        ],
+        Field(name="category_entropy", dtype=Float64),
+        Field(name="categories_365d", dtype=Int64),
+    ],
+    description="Category affinity: top-3 level-1 categories by 365-day spend share and spend entropy.",
+)
+
+member_points = _view(
+    "member_points",
+    member_points_source,
+    [
+        Field(name="points_balance", dtype=Int64),
+        Field(name="points_frozen", dtype=Int64),
+        Field(name="points_expiring_30d", dtype=Int64),
+        Field(name="points_earned_90d", dtype=Int64),
+        Field(name="points_burned_90d", dtype=Int64),
+        Field(name="points_adjust_90d", dtype=Int64),
+    ],
+    description="Points balance, frozen points, points expiring within 30 days (FIFO), 90-day flows.",
+)
+
+member_engagement = _view(
+    "member_engagement",
+    member_engagement_source,
+    [
+        Field(name="sends_90d", dtype=Int64),
+        Field(name="open_rate_90d", dtype=Float64),
+        Field(name="click_rate_90d", dtype=Float64),
+        Field(name="interactions_30d", dtype=Int64),
+        Field(name="best_send_hour", dtype=Int64),
+    ],
+    description="Push/SMS/e-mail engagement rates and the member's best send hour (-1 = unknown).",
+)
+
+member_consent = _view(
+    "member_consent",
+    member_consent_source,
+    [
+        Field(name="consent_personalisation", dtype=Bool),
+        Field(name="consent_push", dtype=Bool),
+        Field(name="consent_sms", dtype=Bool),
+        Field(name="consent_email", dtype=Bool),
+    ],
+    ttl=timedelta(0),  # consent never expires; the latest record wins
+    description="Consent for personalisation and each contact channel.",
+)
+
+member_realtime = _view(
+    "member_realtime",
+    member_events_push,
+    [
+        Field(name="rt_last_event_type", dtype=String),
+        Field(name="rt_last_event_ts", dtype=Int64),
+        Field(name="rt_last_purchase_ts", dtype=Int64),
+    ],
+    ttl=timedelta(0),
+    description="Latest real-time member event, written through the push source.",
+)
