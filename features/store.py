@@ -14,6 +14,7 @@ import yaml
 from feast import FeatureStore, RepoConfig
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
 from training.settings import Profile, Settings
@@ -21,11 +22,10 @@ from training.settings import Profile, Settings
 
 def repo_config(settings: Settings) -> RepoConfig:
     if settings.profile is Profile.production:
-        registry = RegistryConfig(
-            registry_type="sql",
+        registry = SqlRegistryConfig(
             path=settings.postgres_url,
             cache_ttl_seconds=60,
-            sqlalchemy_config_kwargs={"pool_pre_ping": True},
+            sqlalchemy_config_kwargs={"echo": False, "pool_pre_ping": True},
         )
         online = RedisOnlineStoreConfig(connection_string=settings.redis_url)
     else:
@@ -72,11 +72,9 @@ def write_feature_store_yaml(settings: Settings) -> None:
     doc = {
         "project": cfg.project,
         "provider": "local",
-        "registry": cfg.registry_config
-        if isinstance(cfg.registry_config, str)
-        else cfg.registry_config.model_dump(exclude_none=True, exclude_defaults=True)
-        | {"path": cfg.registry_config.path},
-        "online_store": cfg.online_store.model_dump(exclude_none=True),
+        "registry": cfg.registry_config.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        | {"registry_type": cfg.registry_config.registry_type, "path": cfg.registry_config.path},
+        "online_store": cfg.online_store.model_dump(mode="json", exclude_none=True),
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,
     }

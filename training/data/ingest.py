@@ -92,6 +92,7 @@ def _write_quarantine(settings: Settings, table: str, stage: str, df: pd.DataFra
 def validate_dataset(settings: Settings) -> dict:
     """Validate every raw table; write curated tables, quarantine files and a report."""
     _clear(settings.curated_dir)
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     for old in settings.quarantine_dir.glob("*__contract.parquet"):
         old.unlink()
     for old in settings.quarantine_dir.glob("*__reference.parquet"):

@@ -1,0 +1,28 @@
+# Two commands on a fresh machine:  make demo   and   make test
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+MEMBERS ?= 10000
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: install  ## main job end to end on the embedded default
+	$(BIN)/loyalty-ml demo --members $(MEMBERS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint  ## the test suite (what CI runs); pytest exit 5 (no tests) is a failure
+	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf .loyalty features/feature_store.yaml

@@ -1,0 +1,61 @@
+"""Shared fixtures: one small simulated dataset taken through the whole feature pipeline.
+
+The data dir is set before any project module reads the settings, because the Feast
+repo modules resolve their source paths from the settings when imported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ["LOYALTY_DATA_DIR"] = tempfile.mkdtemp(prefix="loyalty-test-")
+os.environ["LOYALTY_DATASET"] = "simulated"
+os.environ.pop("LOYALTY_PROFILE", None)
+
+from training.settings import Settings, get_settings  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_MEMBERS = 1500
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def pipeline(settings: Settings):
+    """Simulate -> validate -> build snapshots -> feast apply -> materialise (SQLite)."""
+    from features.store import apply, materialize
+    from training.data.ingest import read_meta, simulate_dataset, validate_dataset
+    from training.featurize import build_feature_tables
+
+    simulate_dataset(settings, TEST_MEMBERS, progress=False)
+    report = validate_dataset(settings)
+    counts = build_feature_tables(settings, progress=False)
+    store = apply(settings)
+    end = pd.Timestamp(read_meta(settings)["end"])
+    materialize(settings, end)
+    return {"store": store, "report": report, "counts": counts, "end": end, "meta": read_meta(settings)}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "online_retail").exists() or not (SHARED / "complete_journey").exists():
+        pytest.skip(f"public data not found at {SHARED}: real-data adapter tests need ../shared/data")
+    return SHARED

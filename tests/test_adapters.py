@@ -1,0 +1,49 @@
+import pandas as pd
+import pytest
+
+from training.data.adapters import load_complete_journey, load_online_retail
+from training.data.contracts import validate
+
+
+def test_online_retail_accounts_for_every_row(shared_data):
+    out = load_online_retail(shared_data)
+    raw = pd.read_parquet(shared_data / "online_retail" / "online_retail_2010_2011.parquet")
+    rejected = out.rejected["transactions"]
+    result = validate("transactions", out.tables["transactions"])
+    assert len(raw) == len(rejected) + result.counts["valid"] + result.counts["quarantined"]
+    reasons = rejected["_reason"].value_counts()
+    assert reasons["cancellation (invoice starts with C)"] == 9288
+    assert reasons["missing CustomerID"] == 134_697  # 135,080 minus those already counted as cancellations
+    assert reasons["non-positive UnitPrice"] == 40
+    assert (raw.loc[rejected["_source_row"].astype(int), "Quantity"] <= 0).sum() == 10_624  # negatives all accounted
+    assert (result.valid["quantity"] > 0).all()
+    members = validate("members", out.tables["members"])
+    assert members.counts["quarantined"] == 0 and members.counts["valid"] == result.valid["member_id"].nunique()
+    ledger = validate("points_ledger", out.tables["points_ledger"])
+    assert ledger.counts["quarantined"] == 0
+    assert (ledger.valid.groupby("member_id")["points"].cumsum() == ledger.valid["balance"]).all()
+
+
+def test_complete_journey_maps_campaigns_and_redemptions(shared_data):
+    out = load_complete_journey(shared_data)
+    exposures = validate("exposures", out.tables["exposures"])
+    responses = validate("responses", out.tables["responses"])
+    offers = validate("offers", out.tables["offers"])
+    assert exposures.counts == {"valid": 6589, "quarantined": 0}
+    assert offers.counts["valid"] == 27
+    redemptions = pd.read_parquet(shared_data / "complete_journey" / "coupon_redemptions.parquet")
+    redeemed_pairs = redemptions[["campaign_id", "household_id"]].drop_duplicates()
+    targeted = redeemed_pairs.merge(pd.read_parquet(shared_data / "complete_journey" / "campaigns.parquet"))
+    assert responses.valid["redeemed"].sum() == len(targeted)
+    assert exposures.valid["treatment"].all()  # no control group in this data set: stated, not invented
+    assert exposures.valid["propensity"].isna().all()
+    items = out.tables["items"]
+    assert len(items) + len(out.rejected["items"]) == 92331
+    assert any("no control group" in n for n in out.notes)
+
+
+def test_missing_shared_data_is_a_clear_error(tmp_path):
+    from training.data.adapters import SharedDataMissing
+
+    with pytest.raises(SharedDataMissing, match="shared/data"):
+        load_online_retail(tmp_path)

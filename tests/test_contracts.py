@@ -1,0 +1,104 @@
+import pandas as pd
+import pytest
+
+from training.data.contracts import ContractError, validate
+from training.data.ingest import validate_dataset
+
+
+def _txn(**over):
+    row = {
+        "order_id": "o1",
+        "member_id": "m1",
+        "item_id": "i1",
+        "quantity": 2,
+        "amount": 9.5,
+        "ts": "2024-05-01 10:00",
+        "channel": "store",
+        "store_id": "s1",
+    }
+    row.update(over)
+    return row
+
+
+def test_bad_rows_are_quarantined_with_reason_and_counted():
+    df = pd.DataFrame(
+        [_txn(), _txn(quantity=-1), _txn(channel="mars"), _txn(ts="not a date"), _txn(member_id=""), _txn(amount="abc")]
+    )
+    result = validate("transactions", df)
+    assert result.counts == {"valid": 1, "quarantined": 5}
+    reasons = dict(zip(result.quarantined["_source_row"], result.quarantined["_reason"], strict=True))
+    assert "quantity" in reasons[1] and "greater_than" in reasons[1]
+    assert "channel" in reasons[2] and "mars" in reasons[2]
+    assert reasons[3].startswith("ts:")
+    assert "member_id" in reasons[4]
+    assert "amount" in reasons[5]
+    # the valid row is coerced to the contract's dtypes
+    assert str(result.valid["ts"].dtype).startswith("datetime64")
+
+
+def test_missing_column_is_a_clear_error_naming_the_field():
+    with pytest.raises(ContractError, match="amount"):
+        validate("transactions", pd.DataFrame([_txn()]).drop(columns="amount"))
+
+
+def test_cross_field_rules():
+    offers = pd.DataFrame(
+        [
+            {
+                "offer_id": "o",
+                "kind": "coupon",
+                "scene_dimension": "time",
+                "value_dimension": "material",
+                "category_l1": "wine",
+                "cost": 2.0,
+                "margin_impact": -0.1,
+                "eligible_tiers": "Gold|Diamond",
+                "stock": 5,
+                "valid_from": "2024-02-01",
+                "valid_to": "2024-01-01",
+            }
+        ]
+    )
+    q = validate("offers", offers).quarantined
+    assert len(q) == 1 and "valid_window" in q["_reason"][0] and "tiers_known" in q["_reason"][0]
+    ledger = pd.DataFrame(
+        [
+            {
+                "entry_id": "p1",
+                "member_id": "m",
+                "ts": "2024-01-01",
+                "kind": "burn",
+                "points": 10,
+                "balance": 0,
+                "expires_at": None,
+                "order_id": None,
+            }
+        ]
+    )
+    assert "sign_matches_kind" in validate("points_ledger", ledger).quarantined["_reason"][0]
+
+
+def test_dataset_validation_quarantines_and_accounts_for_every_row(settings, pipeline, tmp_path):
+    bad = settings.model_copy(update={"data_dir": tmp_path, "dataset": "broken"})
+    bad.raw_dir.mkdir(parents=True)
+    for f in settings.raw_dir.glob("*.parquet"):
+        df = pd.read_parquet(f)
+        if f.stem == "transactions":
+            df = df.head(1000).copy()
+            df.loc[0, "quantity"] = 0
+            df.loc[1, "member_id"] = "ghost"  # unknown member: referential quarantine
+            df.loc[2, "channel"] = "fax"
+        df.to_parquet(bad.raw_dir / f.name)
+    report = validate_dataset(bad)["transactions"]
+    assert report["raw"] == 1000
+    assert report["quarantined_contract"] == 2 and report["quarantined_reference"] == 1
+    assert report["valid"] == 997
+    q = pd.concat([pd.read_parquet(p) for p in bad.quarantine_dir.glob("transactions__*.parquet")])
+    assert len(q) == 3 and q["_reason"].str.len().gt(0).all()
+    assert "member_id: not in curated members" in set(q["_reason"])
+
+
+def test_simulated_data_passes_its_contracts(pipeline):
+    for table, r in pipeline["report"].items():
+        assert r["quarantined_contract"] == 0 and r["quarantined_reference"] == 0, (table, r["reasons"])
+        assert r["valid"] == r["raw"]

@@ -1,0 +1,106 @@
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.store import apply, get_store, materialize, online_features, training_frame
+from tests.conftest import reachable
+from training.featurize import health_quadrant, lifecycle_stage
+from training.settings import Profile
+
+
+def _orders(settings):
+    txn = pd.read_parquet(settings.curated_dir / "transactions.parquet")
+    return txn.groupby(["member_id", "order_id"], as_index=False).agg(ts=("ts", "min"), amount=("amount", "sum"))
+
+
+def test_training_set_is_point_in_time_correct(settings, pipeline):
+    store = pipeline["store"]
+    orders = _orders(settings)
+    members = pd.read_parquet(settings.curated_dir / "members.parquet")
+    rng = np.random.default_rng(0)
+    ids = rng.choice(members["member_id"], 300, replace=False)
+    # label timestamps between snapshots, so the join must pick the earlier snapshot
+    ts = pd.Timestamp(pipeline["meta"]["cutoff"], tz="UTC") - pd.to_timedelta(rng.integers(0, 200, 300), unit="D")
+    entity = pd.DataFrame({"member_id": ids, "event_timestamp": ts, "label": rng.integers(0, 2, 300)})
+    df = training_frame(store, entity, "churn_v1")
+    assert len(df) == len(entity) and (df["label"].to_numpy() == entity["label"].to_numpy()).all()
+    snaps = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")[["member_id", "event_timestamp"]]
+    checked = 0
+    for row in df.itertuples():
+        mine = snaps[(snaps["member_id"] == row.member_id) & (snaps["event_timestamp"] <= row.event_timestamp)]
+        if mine.empty or pd.isna(row.monetary_30d):
+            assert pd.isna(row.monetary_30d)  # joined later or snapshot too old: missing, not future data
+            continue
+        snap = mine["event_timestamp"].max().tz_convert(None)
+        past = orders[(orders["member_id"] == row.member_id) & (orders["ts"] < snap)]
+        # no feature value comes from after the label timestamp
+        assert row.last_purchase_ts <= row.event_timestamp.timestamp()
+        assert row.monetary_30d == pytest.approx(past.loc[past["ts"] >= snap - pd.Timedelta(days=30), "amount"].sum())
+        assert row.frequency_365d == (past["ts"] >= snap - pd.Timedelta(days=365)).sum()
+        checked += 1
+    assert checked > 150
+
+
+def test_online_store_serves_latest_snapshot_and_request_time_features(settings, pipeline):
+    store, end = pipeline["store"], pipeline["end"]
+    offline = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")
+    latest = offline[offline["event_timestamp"] == offline["event_timestamp"].max()].set_index("member_id")
+    ids = latest.index[:25].tolist()
+    request_ts = int(end.timestamp()) + 86400
+    online = online_features(store, ids + ["unknown-member"], request_ts).set_index("member_id")
+    assert np.allclose(online.loc[ids, "monetary_365d"], latest.loc[ids, "monetary_365d"])
+    last = latest.loc[ids, "last_purchase_ts"]
+    expected = np.where(last > 0, (request_ts - last) / 86400, 9999.0)  # never bought: sentinel
+    assert np.allclose(online.loc[ids, "days_since_last_purchase"], expected)
+    assert online.loc[ids, "consent_personalisation"].notna().all()
+    assert pd.isna(online.loc["unknown-member", "monetary_365d"])
+    assert online.loc["unknown-member", "days_since_last_purchase"] == 9999.0
+
+
+def test_push_source_updates_real_time_features(settings, pipeline):
+    store, end = pipeline["store"], pipeline["end"]
+    member = pd.read_parquet(settings.offline_dir / "member_realtime.parquet")["member_id"].iloc[0]
+    now = int(end.timestamp()) + 3600
+    event = pd.DataFrame(
+        {
+            "member_id": [member],
+            "event_timestamp": [pd.Timestamp(now, unit="s", tz="UTC")],
+            "rt_last_event_type": ["purchase"],
+            "rt_last_event_ts": [now],
+            "rt_last_purchase_ts": [now],
+        }
+    )
+    store.push("member_events_push", event)
+    row = online_features(store, [member], now + 1800).iloc[0]
+    assert row["rt_last_purchase_ts"] == now
+    assert row["days_since_last_purchase"] == pytest.approx(1800 / 86400)
+
+
+def test_segment_rules():
+    assert list(health_quadrant([3, 3, 0, 0], [2, 0, 2, 0])) == ["active", "low-active", "churn-risk", "silent"]
+    stages = lifecycle_stage([30, 200, 200, 800], [5, 5, 90, 5], [100, 100, 100, 100], [50, 50, 50, 50])
+    assert list(stages) == ["new", "growth", "decline", "mature"]
+
+
+@pytest.mark.production
+@pytest.mark.skipif(
+    not (reachable("127.0.0.1", 6379) and reachable("127.0.0.1", 5432)),
+    reason="production profile needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432",
+)
+def test_production_profile_redis_online_store_postgres_registry(settings, pipeline):
+    prod = settings.model_copy(update={"profile": Profile.production, "feast_project": f"t{uuid.uuid4().hex[:8]}"})
+    store = apply(prod)
+    assert store.config.online_store.type == "redis" and store.config.registry.registry_type == "sql"
+    materialize(prod, pipeline["end"])
+    fresh = get_store(prod)  # a new client reads the registry back from PostgreSQL
+    assert {fv.name for fv in fresh.list_feature_views()} >= {"member_rfm", "member_consent"}
+    offline = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")
+    ids = offline["member_id"].drop_duplicates().head(20).tolist()
+    ts = int(pipeline["end"].timestamp())
+    redis_rows = online_features(fresh, ids, ts).set_index("member_id")
+    sqlite_rows = online_features(pipeline["store"], ids, ts).set_index("member_id")
+    for col in ("monetary_365d", "points_balance", "tier", "consent_email", "days_since_last_purchase"):
+        pd.testing.assert_series_equal(redis_rows[col], sqlite_rows[col], check_dtype=False)
+    fresh.teardown()
