@@ -131,7 +131,8 @@ def validate_dataset(settings: Settings) -> dict:
             "rejected_by_adapter": n_adapter,
             "reasons": _top_reasons(result.quarantined, orphans),
         }
-        assert len(raw) == len(valid) + len(result.quarantined) + n_orphans, f"{table}: rows lost in validation"
+        if len(raw) != len(valid) + len(result.quarantined) + n_orphans:  # the no-silent-drop invariant
+            raise ContractError(f"{table}: rows lost in validation")
     (settings.dataset_dir / "validation_report.json").write_text(json.dumps(report, indent=2))
     return report
 
