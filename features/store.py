@@ -47,23 +47,15 @@ def get_store(settings: Settings) -> FeatureStore:
 
 
 def feast_objects() -> list:
-    from features import definitions as d
+    """Every Feast object the repo defines, read from the module the ``feast`` CLI uses."""
+    from feast import Entity, FeatureService
+    from feast.base_feature_view import BaseFeatureView
+    from feast.data_source import DataSource
 
-    return [
-        d.member,
-        d.member_events_push,
-        d.member_rfm,
-        d.member_profile,
-        d.member_affinity,
-        d.member_points,
-        d.member_engagement,
-        d.member_consent,
-        d.member_realtime,
-        d.request_recency,
-        d.churn_v1,
-        d.offer_v1,
-        d.member_online_v1,
-    ]
+    from features import definitions
+
+    kinds = (Entity, DataSource, BaseFeatureView, FeatureService)
+    return [obj for obj in vars(definitions).values() if isinstance(obj, kinds)]
 
 
 def write_feature_store_yaml(settings: Settings) -> None:

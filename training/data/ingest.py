@@ -93,10 +93,9 @@ def validate_dataset(settings: Settings) -> dict:
     """Validate every raw table; write curated tables, quarantine files and a report."""
     _clear(settings.curated_dir)
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    for old in settings.quarantine_dir.glob("*__contract.parquet"):
-        old.unlink()
-    for old in settings.quarantine_dir.glob("*__reference.parquet"):
-        old.unlink()
+    for stage in ("contract", "reference"):  # adapter rejects stay: they come from the load step
+        for old in settings.quarantine_dir.glob(f"*__{stage}.parquet"):
+            old.unlink()
     report: dict[str, dict] = {}
     curated: dict[str, pd.DataFrame] = {}
     for table in ORDER:
