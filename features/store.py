@@ -100,14 +100,16 @@ def online_features(
     return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
 
 
-def training_frame(store: FeatureStore, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
+def training_frame(store: FeatureStore, entity_df: pd.DataFrame, service: str | list[str]) -> pd.DataFrame:
     """Point-in-time correct features for ``entity_df`` (member_id, event_timestamp, labels...).
 
     Every entity row comes back, in order, with nulls where no snapshot is in range: the
     file (dask) offline store drops rows whose only candidate snapshots fall outside the
-    TTL window or after the timestamp, so rows are re-attached by a row id.
+    TTL window or after the timestamp, so rows are re-attached by a row id. ``service`` is a
+    feature service name or a list of ``view:feature`` references.
     """
     keyed = entity_df.reset_index(drop=True).assign(_row=lambda d: range(len(d)))
-    feats = store.get_historical_features(entity_df=keyed, features=store.get_feature_service(service)).to_df()
+    features = store.get_feature_service(service) if isinstance(service, str) else service
+    feats = store.get_historical_features(entity_df=keyed, features=features).to_df()
     feats = feats.drop(columns=[c for c in entity_df.columns if c != "_row"]).drop_duplicates("_row")
     return keyed.merge(feats, on="_row", how="left").drop(columns="_row")

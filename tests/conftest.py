@@ -17,11 +17,12 @@ import pytest
 os.environ["LOYALTY_DATA_DIR"] = tempfile.mkdtemp(prefix="loyalty-test-")
 os.environ["LOYALTY_DATASET"] = "simulated"
 os.environ.pop("LOYALTY_PROFILE", None)
+os.environ["LOYALTY_TUNING_TRIALS"] = "3"  # optuna trials per CF algorithm: enough to exercise tuning
 
 from training.settings import Settings, get_settings  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TEST_MEMBERS = 1500
+TEST_MEMBERS = 4000  # large enough for the uplift-vs-propensity comparison to be stable
 
 
 def reachable(host: str, port: int) -> bool:

@@ -1,4 +1,4 @@
-"""``loyalty-ml``: one CLI for data, features and (later) training and serving."""
+"""``loyalty-ml``: one CLI for data, features, training and the model registry."""
 
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ data_app = typer.Typer(help="Generate or load raw data and validate it against t
 features_app = typer.Typer(
     help="Build feature snapshots, apply the Feast repo, materialise, inspect.", no_args_is_help=True
 )
+train_app = typer.Typer(help="Train, evaluate, log to MLflow and register models.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models: aliases, promotion gate, audit history.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
+JOB_NAMES = ("cf", "churn", "uplift", "clv", "fraud")
 console = Console()
 
 
@@ -124,6 +129,135 @@ def features_show(ctx: typer.Context, n: int = 3, member: list[str] = typer.Opti
         console.print(df.set_index("member_id").T.to_string())
 
 
+def _train(settings: Settings, jobs: list[str], **options) -> dict:
+    from rich.table import Table
+
+    from training.jobs import JOBS
+    from training.jobs.common import JobNotApplicable
+
+    results = {}
+    for name in jobs:
+        console.rule(f"train {name}")
+        kwargs = {k: v for k, v in options.get(name, {}).items() if v is not None}
+        try:
+            results[name] = JOBS[name].run(settings, **kwargs)
+        except JobNotApplicable as err:
+            if len(jobs) == 1:
+                _fail(err)
+            console.print(f"[yellow]skipped {name}:[/yellow] {err}")
+            continue
+        except (FileNotFoundError, ValueError) as err:
+            _fail(err)
+        res = results[name]
+        table = Table(title=f"{name}: holdout metrics (run {res.run_id[:8]})")
+        shown = res.comparison.T
+        shown = shown.loc[[m for m in shown.index if not m.startswith(("val_", "members_")) and m != "n"]].head(14)
+        table.add_column("metric")
+        for model in shown.columns:
+            table.add_column(str(model), justify="right")
+        for metric, row in shown.iterrows():
+            table.add_row(str(metric), *[f"{v:.4f}" if pd.notna(v) else "-" for v in row])
+        console.print(table)
+        for note in res.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        if res.decision:
+            console.print(f"registered {res.decision.model} v{res.decision.version}: {res.decision.reason}")
+    return results
+
+
+@train_app.command("all")
+def train_all(
+    ctx: typer.Context, trials: int | None = typer.Option(None, help="optuna trials per CF algorithm")
+) -> None:
+    """Every job in turn: cf, churn, uplift, clv, fraud."""
+    _train(ctx.obj, list(JOB_NAMES), cf={"trials": trials})
+
+
+@train_app.command("cf")
+def train_cf(
+    ctx: typer.Context,
+    trials: int | None = typer.Option(None, help="optuna trials per algorithm (default: settings)"),
+    algorithm: list[str] = typer.Option(None, help="als | bpr | item_item (repeatable; default all)"),
+) -> None:
+    """Collaborative filtering (implicit ALS/BPR/item-item) vs popularity and the oracle."""
+    _train(ctx.obj, ["cf"], cf={"trials": trials, "algorithms": tuple(algorithm) if algorithm else None})
+
+
+@train_app.command("churn")
+def train_churn(
+    ctx: typer.Context,
+    snapshots: int = typer.Option(6, min=1, help="training cutoffs before the holdout"),
+    calibration: str = typer.Option("isotonic", help="isotonic | platt"),
+) -> None:
+    """Churn risk (LightGBM, calibrated) vs recency-only and the oracle."""
+    _train(ctx.obj, ["churn"], churn={"n_snapshots": snapshots, "calibration": calibration})
+
+
+@train_app.command("uplift")
+def train_uplift(ctx: typer.Context, learner: str = typer.Option("t", help="t | x")) -> None:
+    """Offer propensity and uplift (T-/X-learner) vs propensity-only, random and the oracle."""
+    _train(ctx.obj, ["uplift"], uplift={"learner": learner})
+
+
+@train_app.command("clv")
+def train_clv(ctx: typer.Context, snapshots: int = typer.Option(6, min=1)) -> None:
+    """Expected value (LightGBM Tweedie), 12-month CLV, LoyaltyIndex and RFM segments."""
+    _train(ctx.obj, ["clv"], clv={"n_snapshots": snapshots})
+
+
+@train_app.command("fraud")
+def train_fraud(ctx: typer.Context, max_fpr: float = typer.Option(0.003, min=0.0, max=1.0)) -> None:
+    """Points-farming anomalies at a false-positive-rate budget."""
+    _train(ctx.obj, ["fraud"], fraud={"max_fpr": max_fpr})
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context) -> None:
+    """Registered models of the active dataset with their champion / challenger versions."""
+    from mlflow.tracking import MlflowClient
+
+    from training.registry import CHALLENGER, CHAMPION, alias_version
+    from training.tracking import configure
+
+    configure(ctx.obj)
+    client = MlflowClient()
+    for job in JOB_NAMES:
+        name = ctx.obj.model_name(job)
+        champion, challenger = alias_version(client, name, CHAMPION), alias_version(client, name, CHALLENGER)
+        console.print(f"{name:32s} champion={champion or '-':>4}  challenger={challenger or '-':>4}")
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="cf | churn | uplift | clv | fraud"),
+    margin: float | None = typer.Option(None, help="required improvement (default: the job's margin)"),
+) -> None:
+    """Promote the challenger if it beats the champion on the same holdout by the margin."""
+    from training.registry import promote
+
+    if job not in JOB_NAMES:
+        _fail(ValueError(f"job must be one of {JOB_NAMES}, not {job!r}"))
+    try:
+        decision = promote(ctx.obj, job, margin)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    color = "green" if decision.action == "promoted" else "yellow"
+    console.print(f"[{color}]{decision.action}[/{color}] {decision.model} v{decision.version}: {decision.reason}")
+    if decision.action != "promoted":
+        raise typer.Exit(code=1)
+
+
+@models_app.command("history")
+def models_history(ctx: typer.Context, job: str | None = typer.Argument(None)) -> None:
+    """Audit trail: every alias move and refused promotion (who, what, when, scores)."""
+    from training.registry import history
+
+    df = history(ctx.obj, job)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 80):
+        console.print(df.to_string(index=False) if not df.empty else "no registry events yet")
+
+
 @app.command("demo")
 def demo(ctx: typer.Context, members: int = typer.Option(10_000, min=100)) -> None:
     """Run the main job end to end on the active profile (simulated data unless --dataset)."""
@@ -136,6 +270,8 @@ def demo(ctx: typer.Context, members: int = typer.Option(10_000, min=100)) -> No
         ("features apply", lambda: features_apply(ctx)),
         ("materialize", lambda: features_materialize(ctx)),
         ("online read", lambda: features_show(ctx, 3, None)),
+        ("train", lambda: _train(ctx.obj, list(JOB_NAMES))),
+        ("models", lambda: models_list(ctx)),
     ]
     for name, step in steps:
         console.rule(name)

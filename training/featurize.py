@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from training.data.ingest import load_curated, read_meta
+from training.data.ingest import dataset_cutoff, load_curated, read_meta
 from training.data.tiers import tier_from_spend, tier_names
 from training.settings import Settings
 
@@ -30,12 +30,27 @@ FEATURE_TABLES = (
 )
 
 
-def snapshot_times(start: pd.Timestamp, end: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
-    """Snapshot timestamps from ``end`` backwards every ``every_days`` days, oldest first."""
-    times, t = [], pd.Timestamp(end)
+def snapshot_times(
+    start: pd.Timestamp, end: pd.Timestamp, every_days: int, anchor: pd.Timestamp | None = None
+) -> list[pd.Timestamp]:
+    """Snapshots every ``every_days`` days through ``anchor`` (default ``end``), plus ``end``; oldest first.
+
+    Anchoring the grid on the training cutoff makes the holdout rows at the cutoff read
+    fresh features (not a snapshot up to ``every_days`` old); ``end`` feeds the online store.
+    """
+    anchor, end, step = (
+        pd.Timestamp(anchor if anchor is not None else end),
+        pd.Timestamp(end),
+        pd.Timedelta(days=every_days),
+    )
+    times, t = {end}, anchor
     while t > start:
-        times.append(t)
-        t -= pd.Timedelta(days=every_days)
+        times.add(t)
+        t -= step
+    t = anchor + step
+    while t < end:
+        times.add(t)
+        t += step
     return sorted(times)
 
 
@@ -164,7 +179,7 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
     lines = txn.assign(category_l1=txn["item_id"].map(items["category_l1"]).fillna("UNKNOWN"))
     orders = txn.groupby(["member_id", "order_id"], as_index=False).agg(ts=("ts", "min"), amount=("amount", "sum"))
     start = min(txn["ts"].min(), members["join_date"].min()) if len(txn) else members["join_date"].min()
-    times = snapshot_times(start, end, settings.snapshot_every_days)
+    times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
 
     frames: dict[str, list[pd.DataFrame]] = {
         k: [] for k in ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement")

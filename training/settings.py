@@ -6,6 +6,8 @@ Every value can be overridden with an environment variable prefixed ``LOYALTY_``
 
 from __future__ import annotations
 
+import getpass
+import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +37,13 @@ class Settings(BaseSettings):
     postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
     snapshot_every_days: int = 28  # cadence of feature snapshots in the offline store
+    label_window_days: int = 90  # churn label: no purchase in the next N days; CLV horizon
     seed: int = 7
+
+    # -- training / registry -------------------------------------------------
+    mlflow_artifact_root: str | None = None  # local path or s3://...; default <data_dir>/mlartifacts
+    actor: str = Field(default_factory=lambda: os.environ.get("USER") or getpass.getuser())  # recorded on alias moves
+    tuning_trials: int = 8  # optuna trials per tuned model
 
     # -- derived locations -------------------------------------------------
     @property
@@ -73,6 +81,23 @@ class Settings(BaseSettings):
     @property
     def registry_path(self) -> Path:
         return self.dataset_dir / "registry.db"
+
+    @property
+    def holdout_dir(self) -> Path:
+        """Evaluation frames the promotion gate re-scores models on (kept out of MLflow: member ids)."""
+        return self.dataset_dir / "holdouts"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or str(self.data_dir / "mlartifacts")
+
+    @property
+    def experiment_name(self) -> str:
+        return f"loyalty-{self.dataset}"
+
+    def model_name(self, job: str) -> str:
+        """Registered model name for one job on the active dataset."""
+        return f"loyalty-{self.dataset}-{job}"
 
     @property
     def mlflow_tracking_uri(self) -> str:

@@ -40,6 +40,17 @@ def read_meta(settings: Settings) -> dict:
     return json.loads(path.read_text())
 
 
+def dataset_cutoff(meta: dict, settings: Settings) -> pd.Timestamp:
+    """Training cutoff: models see data before it and are evaluated on the label window after it.
+
+    The simulator records its cutoff (where its churn ground truth is exact); public data
+    sets use their last ``label_window_days`` days as the holdout window.
+    """
+    if meta.get("cutoff") is not None and int(meta.get("label_window_days", -1)) == settings.label_window_days:
+        return pd.Timestamp(meta["cutoff"])
+    return pd.Timestamp(meta["end"]) - pd.Timedelta(days=settings.label_window_days)
+
+
 def simulate_dataset(settings: Settings, n_members: int, seed: int | None = None, progress: bool = True) -> dict:
     cfg = SimConfig(n_members=n_members, seed=settings.seed if seed is None else seed)
     counts = simulate(cfg, settings.dataset_dir, progress=progress)

@@ -31,6 +31,7 @@ from training.data.contracts import TIERS
 from training.data.points import derive_points_ledger
 from training.data.tiers import tier_from_spend, tier_names
 
+SURE_THING_SHARE = 0.9  # share of a member's activity lift on the logit that an offer cannot add to
 CHUNK = 20_000  # members per RNG stream; part of the determinism contract
 REGIONS = ["north", "south", "east", "west", "central", "coast"]
 CATEGORIES = ["grocery", "beauty", "apparel", "home", "electronics", "baby", "pets", "sports", "books", "wine"]
@@ -46,9 +47,9 @@ class SimConfig:
     n_factors: int = 8
     items_per_subcategory: int = 10
     fraud_share: float = 0.005
-    campaign_offsets: tuple[int, ...] = (-300, -220, -150, -80)  # days before the cutoff
-    campaign_reach: float = 0.4
-    control_share: float = 0.2
+    campaign_offsets: tuple[int, ...] = (-360, -300, -240, -180, -120, -60)  # days before the cutoff
+    campaign_reach: float = 0.5
+    control_share: float = 0.3
     response_window_days: int = 14
     personalisation_opt_in: float = 0.88
     channel_opt_in: dict = field(default_factory=lambda: {"push": 0.7, "sms": 0.5, "email": 0.75})
@@ -147,7 +148,10 @@ def make_catalogue(cfg: SimConfig) -> dict:
         )
     offers = pd.DataFrame(offers)
     # Treatment-effect structure per offer (on the logit of conversion):
-    # tau = base + price_slope * (price_sensitivity - 0.5) + pref_slope * centred log preference.
+    # tau = base + price_slope * (price_sensitivity - 0.5) + pref_slope * centred log preference
+    #       - SURE_THING_SHARE * activity: active members (frequent, engaged) would mostly buy
+    #       anyway, so an offer mostly subsidises them ("sure things") although their response
+    #       propensity is the highest; propensity and uplift rankings therefore differ.
     effect = pd.DataFrame(
         {
             "offer_id": offers["offer_id"],
@@ -361,7 +365,9 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
             "join_date": join_ts,
             "birthday_month": rng.integers(1, 13, n),
             "region": rng.choice(REGIONS, n),
-            "city_tier": rng.integers(1, 6, n),
+            # price-sensitive members live more often in lower-tier cities: an observable proxy
+            # for the part of the treatment effect that price sensitivity drives
+            "city_tier": np.clip(1 + np.floor(lat.price_sens * 5 + rng.normal(0, 0.6, n)), 1, 5).astype(np.int64),
             "tier": tier_names(tier_from_spend(spend, rec_end)),
             **consent,
             "consent_updated_at": join_ts.where(join_ts > start, start)
@@ -497,11 +503,13 @@ def _conversion_probs(lat, cat_pref, effect, offer_cat, rows, offer_idx):
     """True conversion probability without (p0) and with (p1) the offer."""
     n_cat = cat_pref.shape[1]
     logpref = np.log(cat_pref[rows, offer_cat[offer_idx]] * n_cat + 1e-9)
-    base_logit = -2.8 + 0.6 * logpref + 1.5 * (lat.engagement[rows] - 0.4) + 8.0 * (lat.rate[rows] - 0.06)
+    activity = 3.0 * (lat.engagement[rows] - 0.4) + 16.0 * (lat.rate[rows] - 0.06)
+    base_logit = -2.8 + 0.6 * logpref + activity
     tau = (
         effect["base"].to_numpy()[offer_idx]
         + effect["price_slope"].to_numpy()[offer_idx] * (lat.price_sens[rows] - 0.5)
         + effect["pref_slope"].to_numpy()[offer_idx] * logpref
+        - SURE_THING_SHARE * activity
     )
     return _sigmoid(base_logit), _sigmoid(base_logit + tau)
 
@@ -560,7 +568,8 @@ def _points_ledger(cfg, rng, cat, txn, lat) -> tuple[pd.DataFrame, pd.DataFrame]
     n = len(lat.ids)
     fraudsters = np.nonzero(rng.random(n) < cfg.fraud_share)[0]
     extra = []
-    # Points farming: a burst of manual top-ups against fake order ids, then a quick cash-out.
+    # Points farming: a burst of manual top-ups with no order reference (as goodwill credits
+    # have), so neither the entry kind nor a missing order id alone gives it away.
     for r in fraudsters:
         lo = max(30, int(lat.join_day[r]) + 1)
         day = int(rng.integers(lo, cfg.days - 5)) if lo < cfg.days - 6 else cfg.days - 5
@@ -570,7 +579,7 @@ def _points_ledger(cfg, rng, cat, txn, lat) -> tuple[pd.DataFrame, pd.DataFrame]
             pd.DataFrame(
                 {
                     "member_id": lat.ids[r],
-                    "order_id": [f"F{r}_{i}" for i in range(k)],
+                    "order_id": None,
                     "ts": ts,
                     "points": rng.integers(150, 400, k),
                     "kind": "adjust",
@@ -579,7 +588,9 @@ def _points_ledger(cfg, rng, cat, txn, lat) -> tuple[pd.DataFrame, pd.DataFrame]
             )
         )
     # Goodwill adjustments for ordinary members, so "adjust" alone is not the fraud signal.
+    # Some members get several (service recovery), so counts of adjustments overlap too.
     goodwill = np.nonzero(rng.random(n) < 0.02)[0]
+    goodwill = np.repeat(goodwill, rng.integers(1, 4, len(goodwill)))
     if len(goodwill):
         days = np.maximum(lat.join_day[goodwill], 0) + rng.integers(1, 60, len(goodwill))
         extra.append(

@@ -1,0 +1,221 @@
+"""Item recommendations from implicit feedback (``implicit`` ALS / BPR / item-item) and baselines.
+
+Member x item confidence = alpha * log1p(recency-decayed quantity). Members unknown to the
+fitted model are folded in from the items they bring (ALS ``recalculate_user``, item-item
+scoring of their basket); members with nothing to fold in get their segment's popularity.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+from implicit.bpr import BayesianPersonalizedRanking
+from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+from threadpoolctl import threadpool_limits
+
+ALGORITHMS = ("als", "bpr", "item_item")
+
+
+def interaction_weights(lines: pd.DataFrame, as_of: pd.Timestamp, half_life_days: float) -> pd.DataFrame:
+    """Sum of quantity per member x item, each line decayed by its age at ``as_of``."""
+    age = (pd.Timestamp(as_of) - lines["ts"]).dt.total_seconds().to_numpy() / 86400.0
+    w = lines["quantity"].to_numpy(dtype=float) * np.power(0.5, np.clip(age, 0, None) / half_life_days)
+    return lines.assign(weight=w).groupby(["member_id", "item_id"], as_index=False, observed=True)["weight"].sum()
+
+
+class _Indexed:
+    """Shared member/item indexing, owned-item matrix and segment popularity."""
+
+    def _index(self, interactions: pd.DataFrame, items: list[str] | None, segments: pd.Series | None) -> sp.csr_matrix:
+        self.items_ = np.array(sorted(set(items or []) | set(interactions["item_id"])), dtype=object)
+        self.item_index_ = {it: i for i, it in enumerate(self.items_)}
+        members = np.array(sorted(interactions["member_id"].unique()), dtype=object)
+        self.member_index_ = {m: i for i, m in enumerate(members)}
+        rows = interactions["member_id"].map(self.member_index_).to_numpy()
+        cols = interactions["item_id"].map(self.item_index_).to_numpy()
+        weights = sp.csr_matrix(
+            (interactions["weight"].to_numpy(dtype=np.float32), (rows, cols)), shape=(len(members), len(self.items_))
+        )
+        self.owned_ = weights.copy()
+        self.owned_.data[:] = 1.0
+        buyers = np.asarray(self.owned_.sum(axis=0)).ravel()
+        self.popular_ = np.argsort(-buyers, kind="stable")
+        self.segment_popular_ = {}
+        if segments is not None:
+            seg = segments.reindex(members).fillna("unknown").to_numpy()
+            for s in np.unique(seg):
+                counts = np.asarray(self.owned_[seg == s].sum(axis=0)).ravel()
+                self.segment_popular_[str(s)] = np.argsort(-(counts + 1e-6 * buyers), kind="stable")
+        return weights
+
+    def _popular_for(self, segment: str | None) -> np.ndarray:
+        return self.segment_popular_.get(str(segment), self.popular_) if segment is not None else self.popular_
+
+    def _fallback(self, owned: set[int], k: int, exclude_owned: bool, segment: str | None, allowed: np.ndarray | None):
+        ranked = [i for i in self._popular_for(segment) if not (exclude_owned and i in owned)]
+        if allowed is not None:
+            ranked = [i for i in ranked if allowed[i]]
+        return np.array(ranked[:k], dtype=np.int64), np.zeros(min(k, len(ranked)))
+
+    def _frame(self, member_ids, idx_lists, score_lists, sources) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "member_id": list(member_ids),
+                "item_ids": [self.items_[np.asarray(ix, dtype=np.int64)].tolist() for ix in idx_lists],
+                "scores": [np.round(np.asarray(s, dtype=float), 6).tolist() for s in score_lists],
+                "source": list(sources),
+            }
+        )
+
+
+class PopularityRecommender(_Indexed):
+    """Most-bought items (by number of members), overall or within the member's segment."""
+
+    def fit(self, interactions: pd.DataFrame, items: list[str] | None = None, segments: pd.Series | None = None):
+        self._index(interactions, items, segments)
+        self.segments_ = segments
+        return self
+
+    def recommend(
+        self,
+        member_ids,
+        k: int = 10,
+        exclude_owned: bool = True,
+        segments: dict | None = None,
+        allowed_items: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        idx, scores, src = [], [], []
+        for m in member_ids:
+            row = self.member_index_.get(m)
+            owned = set(self.owned_[row].indices) if row is not None else set()
+            seg = (segments or {}).get(m)
+            i, s = self._fallback(owned, k, exclude_owned, seg, allowed_items)
+            idx.append(i)
+            scores.append(s)
+            src.append("segment_popularity" if seg is not None else "popularity")
+        return self._frame(member_ids, idx, scores, src)
+
+
+class CFRecommender(_Indexed):
+    """``implicit`` model behind a member-id API with fold-in and popularity fallback."""
+
+    def __init__(
+        self,
+        algorithm: str = "als",
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 15,
+        alpha: float = 10.0,
+        learning_rate: float = 0.05,
+        neighbours: int = 50,
+        similarity: str = "bm25",
+        seed: int = 7,
+        num_threads: int = 2,
+    ):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
+        self.algorithm = algorithm
+        self.factors = factors
+        self.regularization = regularization
+        self.iterations = iterations
+        self.alpha = alpha
+        self.learning_rate = learning_rate
+        self.neighbours = neighbours
+        self.similarity = similarity
+        self.seed = seed
+        self.num_threads = num_threads
+
+    def _model(self):
+        if self.algorithm == "als":
+            return AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.regularization,
+                iterations=self.iterations,
+                random_state=self.seed,
+                num_threads=self.num_threads,
+            )
+        if self.algorithm == "bpr":
+            return BayesianPersonalizedRanking(
+                factors=self.factors,
+                learning_rate=self.learning_rate,
+                regularization=self.regularization,
+                iterations=self.iterations,
+                random_state=self.seed,
+                num_threads=self.num_threads,
+            )
+        cls = BM25Recommender if self.similarity == "bm25" else CosineRecommender
+        return cls(K=self.neighbours, num_threads=self.num_threads)
+
+    def confidence(self, weights: sp.csr_matrix) -> sp.csr_matrix:
+        conf = weights.copy()
+        conf.data = (self.alpha * np.log1p(conf.data)).astype(np.float32)
+        return conf
+
+    def fit(self, interactions: pd.DataFrame, items: list[str] | None = None, segments: pd.Series | None = None):
+        """``interactions``: member_id, item_id, weight (see :func:`interaction_weights`)."""
+        self.conf_ = self.confidence(self._index(interactions, items, segments))
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():  # implicit threads; BLAS threads only slow it
+            # implicit's own bm25_weight hands its kNN a COO matrix and then warns about it
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            self.model_ = self._model()
+            self.model_.fit(self.conf_, show_progress=False)
+        return self
+
+    def recommend(
+        self,
+        member_ids,
+        k: int = 10,
+        exclude_owned: bool = True,
+        segments: dict | None = None,
+        histories: dict | None = None,
+        allowed_items: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Top-``k`` items per member.
+
+        ``histories`` maps members unknown to the model to the item ids they bought (fold-in);
+        ``segments`` maps members to the segment whose popularity is the fallback;
+        ``allowed_items`` is a boolean mask over ``items_`` (business filters).
+        """
+        member_ids = list(member_ids)
+        rows = np.array([self.member_index_.get(m, -1) for m in member_ids])
+        idx: list = [None] * len(member_ids)
+        scores: list = [None] * len(member_ids)
+        src = ["cf"] * len(member_ids)
+        flt = None if allowed_items is None else np.nonzero(~np.asarray(allowed_items, dtype=bool))[0]
+        known = np.nonzero(rows >= 0)[0]
+        if len(known):
+            with threadpool_limits(1, "blas"):
+                ids, sc = self.model_.recommend(
+                    rows[known],
+                    self.conf_[rows[known]],
+                    N=k,
+                    filter_already_liked_items=exclude_owned,
+                    filter_items=flt,
+                )
+            for j, i in enumerate(known):
+                keep = np.isfinite(sc[j]) & (ids[j] >= 0)
+                idx[i], scores[i] = ids[j][keep], sc[j][keep]
+        for i in np.nonzero(rows < 0)[0]:
+            m = member_ids[i]
+            hist = [self.item_index_[it] for it in (histories or {}).get(m, []) if it in self.item_index_]
+            if hist and self.algorithm != "bpr":  # BPR cannot fold in a user; fall back below
+                user = sp.csr_matrix(
+                    (np.full(len(hist), self.alpha * np.log1p(1.0), dtype=np.float32), ([0] * len(hist), hist)),
+                    shape=(1, len(self.items_)),
+                )
+                user.sum_duplicates()
+                extra = {"recalculate_user": True} if self.algorithm == "als" else {}
+                with threadpool_limits(1, "blas"):
+                    ids, sc = self.model_.recommend(
+                        0, user, N=k, filter_already_liked_items=exclude_owned, filter_items=flt, **extra
+                    )
+                keep = np.isfinite(sc) & (ids >= 0)
+                idx[i], scores[i], src[i] = ids[keep], sc[keep], "cf_fold_in"
+            else:
+                idx[i], scores[i] = self._fallback(set(hist), k, exclude_owned, (segments or {}).get(m), allowed_items)
+                src[i] = "segment_popularity"
+        return self._frame(member_ids, idx, scores, src)

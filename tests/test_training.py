@@ -1,0 +1,214 @@
+"""Training jobs on the simulated pipeline: metric sanity against baselines and the oracle,
+MLflow logging, the registry's promotion gate and its all-or-nothing registration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from training.registry import CHALLENGER, CHAMPION, alias_version, history, promote
+from training.tracking import configure
+
+JOBS = ("cf", "churn", "uplift", "clv", "fraud")
+
+
+@pytest.fixture(scope="session")
+def trained(settings, pipeline):
+    from training.jobs import JOBS as SPECS
+
+    return {name: SPECS[name].run(settings) for name in JOBS}
+
+
+def test_churn_is_calibrated_and_close_to_the_oracle(trained):
+    res = trained["churn"].comparison
+    model, oracle, recency = res.loc["lightgbm"], res.loc["oracle"], res.loc["recency_only"]
+    assert model["roc_auc"] > 0.85
+    assert oracle["roc_auc"] - model["roc_auc"] < 0.06  # stated distance to the true-hazard ceiling
+    assert model["roc_auc"] <= oracle["roc_auc"] + 0.005
+    assert abs(model["mean_prediction"] - model["base_rate"]) < 0.03  # calibrated on average
+    assert model["brier"] < recency["brier"] and model["brier"] < 0.2
+
+
+def test_cf_beats_popularity_and_stays_below_the_oracle(trained):
+    res = trained["cf"].comparison
+    chosen = trained["cf"].metrics
+    for metric in ("recall_at_10", "ndcg_at_10", "new_recall_at_10", "precision_at_5"):
+        assert chosen[metric] > 1.3 * res.loc["popularity", metric], metric
+    assert chosen["ndcg_at_10"] < res.loc["oracle", "ndcg_at_10"] + 0.02
+    for algo in ("als", "bpr", "item_item"):
+        assert res.loc[algo, "recall_at_10"] > res.loc["popularity", "recall_at_10"], algo
+    assert chosen["coverage_at_10"] > 5 * res.loc["popularity", "coverage_at_10"]
+
+
+def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(trained):
+    res = trained["uplift"].comparison
+    ours, prop, oracle = res.loc["t-learner uplift"], res.loc["propensity only"], res.loc["oracle (true uplift)"]
+    assert ours["true_qini"] > prop["true_qini"]  # Qini on the true effects: no sampling noise
+    assert ours["true_uplift_spearman"] > prop["true_uplift_spearman"]
+    assert ours["qini"] > res.loc["random", "qini"]
+    assert oracle["true_qini"] > ours["true_qini"]
+    assert 0.6 < ours["redeem_roc_auc"] <= 1.0
+
+
+def test_clv_beats_persistence(trained):
+    res = trained["clv"].comparison
+    assert res.loc["lightgbm_tweedie", "spearman"] > res.loc["persistence", "spearman"]
+    assert res.loc["lightgbm_tweedie", "rmse"] < res.loc["persistence", "rmse"]
+
+
+def test_fraud_keeps_the_false_positive_budget(trained):
+    m = trained["fraud"].metrics
+    assert m["false_positive_rate"] <= 0.003
+    assert m["recall"] >= 0.5 and m["fraud_members"] >= 3
+
+
+def test_every_job_is_logged_with_lineage_plots_and_a_loadable_model(settings, trained):
+    configure(settings)
+    client = MlflowClient()
+    plots = {
+        "churn": {"plots/roc.png", "plots/calibration.png", "plots/lift_gain.png", "plots/feature_importance.png"},
+        "cf": {"plots/precision_at_k.png", "plots/ndcg_at_k.png"},
+        "uplift": {"plots/qini.png"},
+        "clv": {"plots/feature_importance.png"},
+        "fraud": {"plots/score_distribution.png"},
+    }
+    for job, res in trained.items():
+        run = client.get_run(res.run_id)
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["git_sha"] and len(tags["dataset_fingerprint"]) == 16 and tags["holdout"]
+        assert tags["registered_model"] == settings.model_name(job)
+        names = {a.path for a in client.list_artifacts(res.run_id, "plots")}
+        assert plots[job] <= names, (job, names)
+        assert run.data.metrics, job
+        model = mlflow.pyfunc.load_model(f"models:/{settings.model_name(job)}@{CHAMPION}")
+        assert model.metadata.signature is not None
+        example = model.input_example
+        assert example is not None and len(model.predict(example)) == len(example)
+    features = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=trained["churn"].run_id, artifact_path="features.json")
+        ).read_text()
+    )
+    assert features["feature_service"] == "churn_v1" and "member_rfm:recency_days" in features["features"]
+
+
+def test_run_artifacts_carry_no_member_ids(settings, trained):
+    from training.data.ingest import load_curated
+
+    members = set(load_curated(settings, "members")["member_id"].head(200))
+    for res in trained.values():
+        root = Path(mlflow.artifacts.download_artifacts(run_id=res.run_id))
+        text = " ".join(
+            p.read_text(errors="ignore")
+            for p in root.rglob("*")
+            if p.suffix in {".json", ".txt", ".yaml", ""} and p.is_file()
+        )
+        assert not any(m in text for m in members)
+
+
+def test_churn_explanations_carry_band_drivers_and_action(settings, trained):
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name('churn')}@{CHAMPION}")
+    out = model.predict(model.input_example)
+    assert set(out.columns) >= {"churn_probability", "risk_band", "suggested_action", "top_drivers"}
+    assert out["risk_band"].isin(["low", "medium", "high", "critical"]).all()
+    drivers = json.loads(out["top_drivers"].iloc[0])
+    assert all({"feature", "value", "contribution"} <= set(d) for d in drivers)
+
+
+def test_promotion_refuses_a_worse_challenger_and_audits_it(settings, trained):
+    from training.jobs import churn
+
+    configure(settings)
+    client = MlflowClient()
+    name = settings.model_name("churn")
+    champion = alias_version(client, name, CHAMPION)
+    weak = churn.run(settings, params={"n_estimators": 2, "num_leaves": 2, "colsample_bytree": 0.1})
+    assert weak.decision.action == "registered" and alias_version(client, name, CHALLENGER) == weak.decision.version
+    decision = promote(settings, "churn")
+    assert decision.action == "refused"
+    assert decision.challenger_score < decision.champion_score
+    assert alias_version(client, name, CHAMPION) == champion  # nothing moved
+    # an equally good challenger clears a zero margin; aliases move and the old one is retired
+    again = churn.run(settings)
+    decision = promote(settings, "churn", margin=-1.0)
+    assert decision.action == "promoted" and alias_version(client, name, CHAMPION) == again.decision.version
+    assert alias_version(client, name, CHALLENGER) is None
+    assert client.get_model_version(name, champion).tags["retired_at"]
+    audit = history(settings, "churn")
+    assert list(audit["action"])[-3:] == ["refused", "registered", "promoted"]
+    assert {"actor", "challenger_score", "champion_score", "margin", "at"} <= set(audit.columns)
+
+
+def test_a_failed_or_interrupted_job_registers_nothing(settings, trained, monkeypatch):
+    from training import registry
+    from training.evaluation import plots
+    from training.jobs import clv
+
+    configure(settings)
+    client = MlflowClient()
+    name = settings.model_name("clv")
+    before = {v.version for v in client.search_model_versions(f"name='{name}'")}
+    champion = alias_version(client, name, CHAMPION)
+
+    def broken(*a, **k):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "importance", broken)
+    with pytest.raises(RuntimeError):
+        clv.run(settings)
+    monkeypatch.undo()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "audit", interrupted)  # dies after the version and alias exist
+    with pytest.raises(KeyboardInterrupt):
+        clv.run(settings)
+    monkeypatch.undo()
+    after = {v.version for v in client.search_model_versions(f"name='{name}'")}
+    assert after == before and alias_version(client, name, CHAMPION) == champion
+    assert alias_version(client, name, CHALLENGER) is None
+    runs = mlflow.search_runs(filter_string="tags.job = 'clv'", order_by=["attributes.start_time DESC"], max_results=2)
+    assert set(runs["status"]) <= {"FAILED", "KILLED"}
+
+
+def test_cli_train_and_models_commands(settings, trained):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["models", "list"])
+    assert res.exit_code == 0 and settings.model_name("uplift") in res.output
+    res = runner.invoke(app, ["models", "promote", "nonsense"])
+    assert res.exit_code == 2 and "job must be one of" in res.output
+    res = runner.invoke(app, ["models", "history", "churn"])
+    assert res.exit_code == 0 and "bootstrapped" in res.output
+    res = runner.invoke(app, ["train", "fraud"])
+    assert res.exit_code == 0, res.output
+    assert "false_positive_rate" in res.output
+
+
+def test_cf_model_serves_known_fold_in_and_cold_members(settings, trained):
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name('cf')}@{CHAMPION}").unwrap_python_model().estimator
+    known = next(iter(model.member_index_))
+    owned = set(model.items_[model.owned_[model.member_index_[known]].indices])
+    out = model.recommend(
+        [known, "NEW-1", "NEW-2"], k=5, histories={"NEW-1": sorted(owned)[:3]}, segments={"NEW-2": "Gold"}
+    )
+    assert list(out["source"]) == [
+        "cf",
+        "cf_fold_in" if model.algorithm != "bpr" else "segment_popularity",
+        "segment_popularity",
+    ]
+    assert not set(out["item_ids"][0]) & owned
+    assert all(len(x) == 5 for x in out["item_ids"])
+    assert np.all(np.diff(out["scores"][0]) <= 1e-9)  # ranked
+    assert isinstance(trained["cf"].comparison, pd.DataFrame)

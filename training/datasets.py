@@ -1,0 +1,107 @@
+"""Training and holdout sets: labels from curated tables, features from Feast (point in time).
+
+Time layout (``cutoff`` from :func:`training.data.ingest.dataset_cutoff`): models train on
+label windows that close before the cutoff, and are evaluated on the window after it, so
+no training label is observed after the moment the model would have been deployed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from feast import FeatureStore
+
+from features.store import get_store, training_frame
+from training.data.ingest import dataset_cutoff, load_curated, read_meta
+from training.settings import Settings
+
+
+@dataclass
+class TrainingContext:
+    settings: Settings
+    store: FeatureStore
+    meta: dict
+    cutoff: pd.Timestamp
+    end: pd.Timestamp
+    window: pd.Timedelta
+
+    @property
+    def simulated(self) -> bool:
+        return self.meta.get("source") == "simulator" and self.settings.ground_truth_dir.exists()
+
+    @property
+    def oracle_comparable(self) -> bool:
+        """Ground-truth churn is exact only for the simulator's own cutoff and window."""
+        return self.simulated and int(self.meta.get("label_window_days", -1)) == self.settings.label_window_days
+
+    def truth(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.settings.ground_truth_dir / f"{name}.parquet")
+
+
+def context(settings: Settings) -> TrainingContext:
+    meta = read_meta(settings)
+    if not settings.registry_path.exists() and settings.profile.value == "embedded":
+        raise FileNotFoundError("Feast registry missing: run `loyalty-ml features build/apply/materialize` first")
+    return TrainingContext(
+        settings=settings,
+        store=get_store(settings),
+        meta=meta,
+        cutoff=dataset_cutoff(meta, settings),
+        end=pd.Timestamp(meta["end"]),
+        window=pd.Timedelta(days=settings.label_window_days),
+    )
+
+
+def training_times(ctx: TrainingContext, n: int) -> list[pd.Timestamp]:
+    """The ``n`` latest snapshot times whose label window closes by the cutoff."""
+    step = pd.Timedelta(days=ctx.settings.snapshot_every_days)
+    t = ctx.cutoff - step * -(-ctx.window // step)  # first grid point with t + window <= cutoff
+    times = []
+    while len(times) < n and t - ctx.window > ctx.end - pd.Timedelta(days=10 * 365):
+        times.append(t)
+        t -= step
+    return sorted(times)
+
+
+def orders(settings: Settings) -> pd.DataFrame:
+    txn = load_curated(settings, "transactions")
+    return txn.groupby(["member_id", "order_id"], as_index=False).agg(ts=("ts", "min"), amount=("amount", "sum"))
+
+
+def member_labels(order_table: pd.DataFrame, times: list[pd.Timestamp], window: pd.Timedelta) -> pd.DataFrame:
+    """One row per (customer, t): members with an order before t; churned = no order in [t, t+window)."""
+    rows = []
+    for t in times:
+        before = order_table[order_table["ts"] < t]
+        customers = pd.Index(before["member_id"].unique(), name="member_id")
+        nxt = order_table[(order_table["ts"] >= t) & (order_table["ts"] < t + window)]
+        spend = nxt.groupby("member_id")["amount"].sum().reindex(customers).fillna(0.0)
+        frame = pd.DataFrame({"member_id": customers, "event_timestamp": t})
+        frame["churned"] = (spend.to_numpy() == 0).astype(int)
+        frame["spend_next"] = spend.to_numpy()
+        rows.append(frame)
+    out = pd.concat(rows, ignore_index=True)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"]).dt.tz_localize("UTC")
+    return out
+
+
+def with_features(ctx: TrainingContext, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
+    return training_frame(ctx.store, entity_df, service)
+
+
+def feature_refs(ctx: TrainingContext, service: str) -> list[str]:
+    fs = ctx.store.get_feature_service(service)
+    return [f"{p.name}:{f.name}" for p in fs.feature_view_projections for f in p.features]
+
+
+def exposures(settings: Settings) -> pd.DataFrame:
+    """Exposures joined with their responses (no response row = no conversion)."""
+    exp = load_curated(settings, "exposures")
+    resp = load_curated(settings, "responses")
+    resp = resp.drop_duplicates("exposure_id")[["exposure_id", "redeemed", "converted", "revenue"]]
+    out = exp.merge(resp, on="exposure_id", how="left")
+    for col in ("redeemed", "converted"):
+        out[col] = out[col].astype("boolean").fillna(False).astype(bool)
+    out["revenue"] = out["revenue"].fillna(0.0)
+    return out

@@ -1,0 +1,1 @@
+"""Metrics and plots shared by every training job (same names across runs, for MLflow compare)."""

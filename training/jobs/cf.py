@@ -1,0 +1,201 @@
+"""CF job: ALS, BPR and item-item (``implicit``) tuned with optuna, against popularity and the oracle.
+
+Splits in time: tuning fits on purchases before ``cutoff - window`` and scores the window
+before the cutoff; the final fit uses everything before the cutoff and is tested on the
+window after it. Metrics are reported for all items (repeat purchases count) and, with
+the ``new_`` prefix, for items new to the member.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+from tqdm import tqdm
+
+from models.cf import ALGORITHMS, CFRecommender, PopularityRecommender, interaction_weights
+from training.data.ingest import load_curated
+from training.datasets import context
+from training.evaluation import plots
+from training.evaluation.metrics import KS, ranking_metrics
+from training.jobs.common import JobResult, finish, log_metrics
+from training.settings import Settings
+from training.tracking import job_run, log_figure, log_table
+
+METRIC, MARGIN = "ndcg_at_10", 0.002
+SEGMENT_FEATURE = "member_profile:tier"
+MAX_EVAL_MEMBERS = 5000
+
+
+def score_holdout(model, holdout: pd.DataFrame) -> float:
+    members = holdout["member_id"].drop_duplicates().tolist()
+    rel = holdout.groupby("member_id")["item_id"].agg(set)
+    recs = model.recommend(members, k=10, exclude_owned=False)
+    return ranking_metrics(recs["item_ids"].tolist(), [rel[m] for m in members], ks=(10,))[METRIC]
+
+
+def search_space(trial: optuna.Trial, algorithm: str) -> dict:
+    p = {"half_life_days": trial.suggest_categorical("half_life_days", [30, 90, 365])}
+    if algorithm == "als":
+        p |= {
+            "factors": trial.suggest_categorical("factors", [16, 32, 64]),
+            "regularization": trial.suggest_float("regularization", 1e-3, 1.0, log=True),
+            "alpha": trial.suggest_float("alpha", 1.0, 50.0, log=True),
+            "iterations": trial.suggest_categorical("iterations", [10, 20]),
+        }
+    elif algorithm == "bpr":
+        p |= {
+            "factors": trial.suggest_categorical("factors", [16, 32, 64]),
+            "learning_rate": trial.suggest_float("learning_rate", 0.005, 0.1, log=True),
+            "regularization": trial.suggest_float("regularization", 1e-4, 0.1, log=True),
+            "iterations": trial.suggest_categorical("iterations", [50, 100, 200]),
+        }
+    else:
+        p |= {
+            "similarity": trial.suggest_categorical("similarity", ["bm25", "cosine"]),
+            "neighbours": trial.suggest_categorical("neighbours", [20, 50, 100, 200]),
+        }
+    return p
+
+
+def fit_cf(algorithm: str, params: dict, lines: pd.DataFrame, as_of, items, segments, seed: int) -> CFRecommender:
+    params = dict(params)
+    weights = interaction_weights(lines, as_of, params.pop("half_life_days"))
+    return CFRecommender(algorithm=algorithm, seed=seed, **params).fit(weights, items=items, segments=segments)
+
+
+def evaluate(model, members: list, owned: dict, future: pd.Series, n_items: int) -> dict[str, float]:
+    """All-items metrics, and ``new_``-prefixed metrics on items the member had not bought."""
+    k = max(KS)
+    rel_all = [future.get(m, set()) for m in members]
+    rel_new = [r - owned.get(m, set()) for m, r in zip(members, rel_all, strict=True)]
+    rec_all = model.recommend(members, k=k, exclude_owned=False)["item_ids"].tolist()
+    rec_new = model.recommend(members, k=k, exclude_owned=True)["item_ids"].tolist()
+    out = ranking_metrics(rec_all, rel_all, n_items=n_items)
+    out |= {f"new_{key}": v for key, v in ranking_metrics(rec_new, rel_new, n_items=n_items).items()}
+    return out
+
+
+class OracleRanking:
+    """Simulation: each member's true top items (ground-truth preference ranking)."""
+
+    def __init__(self, truth: pd.DataFrame, owned: dict):
+        self.top = truth.sort_values(["member_id", "rank"]).groupby("member_id")["item_id"].agg(list)
+        self.owned = owned
+
+    def recommend(self, members, k: int, exclude_owned: bool) -> pd.DataFrame:
+        recs = []
+        for m in members:
+            ranked = self.top.get(m, [])
+            if exclude_owned:
+                ranked = [i for i in ranked if i not in self.owned.get(m, set())]
+            recs.append(ranked[:k])
+        return pd.DataFrame({"member_id": list(members), "item_ids": recs})
+
+
+def run(
+    settings: Settings, algorithms: tuple[str, ...] = ALGORITHMS, trials: int | None = None, register_model: bool = True
+) -> JobResult:
+    optuna.logging.set_verbosity(logging.WARNING)
+    trials = settings.tuning_trials if trials is None else trials
+    ctx = context(settings)
+    txn = load_curated(settings, "transactions")[["member_id", "item_id", "quantity", "ts"]]
+    items = load_curated(settings, "items")["item_id"].tolist()
+    val_cut = ctx.cutoff - ctx.window
+    fit_val, val = txn[txn["ts"] < val_cut], txn[(txn["ts"] >= val_cut) & (txn["ts"] < ctx.cutoff)]
+    fit_test, test = txn[txn["ts"] < ctx.cutoff], txn[(txn["ts"] >= ctx.cutoff) & (txn["ts"] < ctx.cutoff + ctx.window)]
+    rng = np.random.default_rng(settings.seed)
+
+    def eval_members(history: pd.DataFrame, future: pd.DataFrame) -> list:
+        both = np.intersect1d(history["member_id"].unique(), future["member_id"].unique())
+        return sorted(rng.choice(both, size=min(MAX_EVAL_MEMBERS, len(both)), replace=False).tolist())
+
+    segments = _segments(ctx, fit_test["member_id"].unique())
+    owned_val = fit_val.groupby("member_id")["item_id"].agg(set).to_dict()
+    owned_test = fit_test.groupby("member_id")["item_id"].agg(set).to_dict()
+    future_val = val.groupby("member_id")["item_id"].agg(set)
+    future_test = test.groupby("member_id")["item_id"].agg(set)
+    val_members, test_members = eval_members(fit_val, val), eval_members(fit_test, test)
+
+    with job_run(settings, "cf", feature_service=SEGMENT_FEATURE, cutoff=ctx.cutoff.date()) as run:
+        mlflow.log_params(
+            {
+                "algorithms": ",".join(algorithms),
+                "trials_per_algorithm": trials,
+                "cutoff": ctx.cutoff.date(),
+                "window_days": settings.label_window_days,
+                "items": len(items),
+                "train_members": fit_test["member_id"].nunique(),
+                "test_members_evaluated": len(test_members),
+            }
+        )
+        rows, best = {}, {}
+        for algo in algorithms:
+            study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
+
+            def objective(trial: optuna.Trial, algo=algo) -> float:
+                params = search_space(trial, algo)
+                with mlflow.start_run(run_name=f"{algo} trial {trial.number}", nested=True):
+                    mlflow.set_tags({"job": "cf-tuning", "algorithm": algo})
+                    mlflow.log_params(params)
+                    model = fit_cf(algo, params, fit_val, val_cut, items, None, settings.seed)
+                    score = evaluate(model, val_members, owned_val, future_val, len(items))[METRIC]
+                    mlflow.log_metric(f"val_{METRIC}", score)
+                return score
+
+            for _ in tqdm(range(trials), desc=f"tune {algo}", unit="trial", leave=False):
+                study.optimize(objective, n_trials=1)
+            best[algo] = (study.best_value, study.best_params)
+            model = fit_cf(algo, study.best_params, fit_test, ctx.cutoff, items, segments, settings.seed)
+            rows[algo] = evaluate(model, test_members, owned_test, future_test, len(items)) | {
+                f"val_{METRIC}": study.best_value
+            }
+            best[algo] = (study.best_value, study.best_params, model)
+            with mlflow.start_run(run_name=f"cf-{algo}", nested=True):
+                mlflow.set_tags({"job": "cf", "model_type": "cf", "algorithm": algo})
+                mlflow.log_params(study.best_params)
+                log_metrics(rows[algo])
+        popularity = PopularityRecommender().fit(interaction_weights(fit_test, ctx.cutoff, 90), items=items)
+        rows["popularity"] = evaluate(popularity, test_members, owned_test, future_test, len(items))
+        if ctx.simulated:
+            oracle = OracleRanking(ctx.truth("preferences"), owned_test)
+            rows["oracle"] = evaluate(oracle, test_members, owned_test, future_test, len(items))
+        chosen = max(algorithms, key=lambda a: best[a][0])  # by validation score, never by test score
+        model = best[chosen][2]
+        metrics = rows[chosen]
+        mlflow.log_params({"chosen_algorithm": chosen, **{f"best_{k}": v for k, v in best[chosen][1].items()}})
+        log_metrics(metrics)
+        log_metrics(rows["popularity"], "popularity_")
+        if "oracle" in rows:
+            log_metrics(rows["oracle"], "oracle_")
+        comparison = pd.DataFrame(rows).T
+        log_table(comparison.reset_index(names="model"), "comparison.json")
+        for metric in ("precision", "recall", "ndcg", "new_recall"):
+            log_figure(plots.at_k(comparison, metric), f"plots/{metric}_at_k.png")
+        holdout = test[test["member_id"].isin(test_members)][["member_id", "item_id"]].drop_duplicates()
+        example = pd.DataFrame({"member_id": test_members[:3]})
+        decision = finish(
+            settings,
+            "cf",
+            model,
+            "cf",
+            example,
+            METRIC,
+            metrics[METRIC],
+            holdout.reset_index(drop=True),
+            register_model,
+            params={"k": 10, "exclude_owned": True},
+        )
+        return JobResult("cf", run.info.run_id, metrics, comparison, decision)
+
+
+def _segments(ctx, members) -> pd.Series:
+    """Each member's tier at the cutoff (the cold-start popularity segment), from Feast."""
+    from features.store import training_frame
+
+    entity = pd.DataFrame({"member_id": members, "event_timestamp": ctx.cutoff.tz_localize("UTC")})
+    tiers = training_frame(ctx.store, entity, [SEGMENT_FEATURE])
+    return tiers.set_index("member_id")["tier"].fillna("unknown")

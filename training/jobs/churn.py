@@ -1,0 +1,98 @@
+"""Churn job: label = no purchase in the next N days; features as of each cutoff from Feast."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from models.churn import ChurnModel
+from training.datasets import context, feature_refs, member_labels, orders, training_times, with_features
+from training.evaluation import plots
+from training.evaluation.metrics import classification_metrics, lift_table
+from training.jobs.common import JobResult, finish, log_metrics, model_input
+from training.settings import Settings
+from training.tracking import job_run, log_figure, log_table
+
+SERVICE = "churn_v1"
+METRIC, MARGIN = "roc_auc", 0.002
+LABELS = ["churned", "spend_next"]
+
+
+def features_only(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in LABELS if c in frame.columns])
+
+
+def score_holdout(model: ChurnModel, holdout: pd.DataFrame) -> float:
+    return classification_metrics(holdout["churned"], model.predict_proba(features_only(holdout)))[METRIC]
+
+
+def run(
+    settings: Settings,
+    n_snapshots: int = 6,
+    calibration: str = "isotonic",
+    params: dict | None = None,
+    register_model: bool = True,
+) -> JobResult:
+    ctx = context(settings)
+    order_table = orders(settings)
+    times = training_times(ctx, n_snapshots)
+    train_labels = member_labels(order_table, times, ctx.window)
+    test_labels = member_labels(order_table, [ctx.cutoff], ctx.window)
+    with job_run(settings, "churn", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
+        mlflow.log_params(
+            {
+                "label_window_days": settings.label_window_days,
+                "training_snapshots": len(times),
+                "train_from": times[0].date(),
+                "train_to": times[-1].date(),
+                "cutoff": ctx.cutoff.date(),
+                "calibration": calibration,
+                **{f"lgbm_{k}": v for k, v in (params or {}).items()},
+            }
+        )
+        train = with_features(ctx, train_labels, SERVICE)
+        test = with_features(ctx, test_labels, SERVICE)
+        model = ChurnModel(params=params, calibration=calibration, seed=settings.seed)
+        model.fit(features_only(train), train["churned"].to_numpy(), groups=train["member_id"].to_numpy())
+        y = test["churned"].to_numpy()
+        p, p_raw = model.predict_proba(features_only(test)), model.predict_raw(features_only(test))
+        metrics = classification_metrics(y, p)
+        metrics["train_rows"], metrics["uncalibrated_brier"] = float(len(train)), float(np.mean((p_raw - y) ** 2))
+        recency = test["recency_days"].fillna(9999).to_numpy()
+        baseline = classification_metrics(y, recency / (recency.max() + 1))  # rank-only baseline: idle days
+        rows = {"lightgbm": metrics, "recency_only": baseline}
+        curves = {"lightgbm": (y, p), "recency only": (y, recency)}
+        if ctx.oracle_comparable:
+            truth = ctx.truth("churn").set_index("member_id")["p_no_purchase"]
+            p_true = truth.reindex(test["member_id"]).to_numpy()
+            rows["oracle"] = classification_metrics(y, p_true)
+            curves["oracle (true hazard)"] = (y, p_true)
+            metrics["auc_gap_to_oracle"] = rows["oracle"]["roc_auc"] - metrics["roc_auc"]
+        log_metrics(metrics)
+        log_metrics(baseline, "baseline_recency_")
+        if "oracle" in rows:
+            log_metrics(rows["oracle"], "oracle_")
+        comparison = pd.DataFrame(rows).T
+        log_table(comparison.reset_index(names="model"), "comparison.json")
+        log_table(lift_table(y, p), "lift_table.json")
+        bands = model.explain(features_only(test))["risk_band"]
+        log_table(pd.crosstab(bands, y, margins=True).reset_index(), "risk_bands.json")
+        log_figure(plots.roc(curves), "plots/roc.png")
+        log_figure(plots.calibration(y, p, p_raw), "plots/calibration.png")
+        log_figure(plots.lift_gain(y, p), "plots/lift_gain.png")
+        gain = model.booster_.booster_.feature_importance("gain")
+        log_figure(plots.importance(model.features_.columns_, gain), "plots/feature_importance.png")
+        example = model_input(test.head(5), model.features_.columns_)
+        decision = finish(
+            settings,
+            "churn",
+            model,
+            "churn",
+            example,
+            METRIC,
+            metrics[METRIC],
+            test.drop(columns=["spend_next"]),
+            register_model,
+        )
+        return JobResult("churn", run.info.run_id, metrics, comparison, decision)

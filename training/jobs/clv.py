@@ -1,0 +1,75 @@
+"""Value job: expected spend over the label window (LightGBM Tweedie), 12-month CLV, LoyaltyIndex, RFM."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+
+from models.clv import CLVModel
+from training.datasets import context, feature_refs, member_labels, orders, training_times, with_features
+from training.evaluation import plots
+from training.evaluation.metrics import value_metrics
+from training.jobs.churn import features_only
+from training.jobs.common import JobResult, finish, log_metrics, model_input
+from training.settings import Settings
+from training.tracking import job_run, log_figure, log_table
+
+SERVICE = "churn_v1"  # the same member state drives both risk and value
+METRIC, MARGIN = "spearman", 0.002
+
+
+def score_holdout(model: CLVModel, holdout: pd.DataFrame) -> float:
+    return value_metrics(holdout["spend_next"], model.predict(features_only(holdout)))[METRIC]
+
+
+def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, register_model: bool = True) -> JobResult:
+    ctx = context(settings)
+    order_table = orders(settings)
+    times = training_times(ctx, n_snapshots)
+    train_labels = member_labels(order_table, times, ctx.window)
+    test_labels = member_labels(order_table, [ctx.cutoff], ctx.window)
+    with job_run(settings, "clv", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
+        mlflow.log_params(
+            {
+                "horizon_days": settings.label_window_days,
+                "training_snapshots": len(times),
+                "cutoff": ctx.cutoff.date(),
+                "objective": "tweedie",
+                "annualisation": "horizon value x 365 / horizon_days",
+            }
+        )
+        train = with_features(ctx, train_labels, SERVICE)
+        test = with_features(ctx, test_labels, SERVICE)
+        model = CLVModel(horizon_days=settings.label_window_days, params=params, seed=settings.seed)
+        model.fit(features_only(train), train["spend_next"].to_numpy())
+        actual = test["spend_next"].to_numpy()
+        metrics = value_metrics(actual, model.predict(features_only(test)))
+        # persistence baseline: the last 90 days' spend, rescaled to the horizon
+        persistence = test["monetary_90d"].fillna(0).to_numpy() * settings.label_window_days / 90.0
+        baseline = value_metrics(actual, persistence)
+        log_metrics(metrics)
+        log_metrics(baseline, "baseline_persistence_")
+        comparison = pd.DataFrame({"lightgbm_tweedie": metrics, "persistence": baseline}).T
+        log_table(comparison.reset_index(names="model"), "comparison.json")
+        values = model.value(features_only(test))
+        seg = values.groupby("rfm_segment").agg(
+            members=("clv_12m", "size"), mean_clv_12m=("clv_12m", "mean"), mean_loyalty_index=("loyalty_index", "mean")
+        )
+        seg["actual_spend_next_mean"] = pd.Series(actual, index=values.index).groupby(values["rfm_segment"]).mean()
+        log_table(seg.reset_index(), "rfm_segments.json")
+        gain = model.model_.booster_.feature_importance("gain")
+        log_figure(plots.importance(model.features_.columns_, gain), "plots/feature_importance.png")
+        decision = finish(
+            settings,
+            "clv",
+            model,
+            "clv",
+            model_input(
+                test.head(5), model.features_.columns_ + ["recency_days", "frequency_365d", "monetary_365d", "aov_365d"]
+            ),
+            METRIC,
+            metrics[METRIC],
+            test.drop(columns=["churned"]),
+            register_model,
+        )
+        return JobResult("clv", run.info.run_id, metrics, comparison, decision)

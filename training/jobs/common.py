@@ -1,0 +1,63 @@
+"""What every job does last: log the model, store the holdout, register (all or nothing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlflow
+import pandas as pd
+
+from training.registry import Decision, register, save_holdout
+from training.settings import Settings
+from training.tracking import log_model
+
+
+class JobNotApplicable(Exception):
+    """The dataset lacks what the job needs (e.g. no campaign exposures); ``train all`` skips it."""
+
+
+@dataclass
+class JobResult:
+    job: str
+    run_id: str
+    metrics: dict[str, float]
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)  # model vs baseline vs oracle
+    decision: Decision | None = None
+    notes: list[str] = field(default_factory=list)  # caveats the CLI prints next to the metrics
+
+
+def finish(
+    settings: Settings,
+    job: str,
+    estimator,
+    kind: str,
+    example: pd.DataFrame,
+    metric: str,
+    score: float,
+    holdout: pd.DataFrame,
+    register_model: bool = True,
+    params: dict | None = None,
+) -> Decision | None:
+    """Log the pyfunc and register it as challenger (or first champion). Call inside the job run."""
+    holdout_name = save_holdout(settings, job, holdout)
+    mlflow.set_tag("holdout", holdout_name)
+    info = log_model(estimator, kind, example, params=params)
+    if not register_model:
+        return None
+    decision = register(settings, job, info.model_uri, mlflow.active_run().info.run_id, metric, score, holdout_name)
+    mlflow.set_tags({"registered_model": decision.model, "registered_version": decision.version})
+    return decision
+
+
+def model_input(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The columns a model reads (plus member_id), numerics as float so missing values fit the signature."""
+    cols = list(dict.fromkeys(["member_id", *columns]))
+    out = frame[cols].reset_index(drop=True).copy()
+    for c in cols:
+        if pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c]):
+            out[c] = out[c].astype("float64")
+    return out
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if pd.notna(v)})

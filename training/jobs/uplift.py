@@ -1,0 +1,140 @@
+"""Offer job: redemption propensity and treatment effect (uplift) from campaign exposures.
+
+Temporal holdout: the latest campaign is the test set; earlier campaigns train. Member
+features come from Feast as of each exposure. Where exposures have no control group (the
+Complete Journey campaigns), only the propensity is learned and the run says so.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from models.uplift import PropensityModel, UpliftModel, pair_features
+from training.data.ingest import load_curated
+from training.datasets import context, exposures, feature_refs, with_features
+from training.evaluation import plots
+from training.evaluation.metrics import classification_metrics, uplift_metrics
+from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics, model_input
+from training.settings import Settings
+from training.tracking import job_run, log_figure, log_table
+
+SERVICE = "offer_v1"
+METRIC, MARGIN = "qini", 0.0
+OUTCOMES = ["treatment", "converted", "redeemed", "revenue", "propensity", "campaign_id", "exposure_id", "channel"]
+
+
+def features_only(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in OUTCOMES if c in frame.columns])
+
+
+def score_holdout(model, holdout: pd.DataFrame) -> float:
+    pred = model.predict(features_only(holdout))
+    if isinstance(model, PropensityModel):
+        return classification_metrics(holdout["redeemed"], pred["p_redeem"])["roc_auc"]
+    return uplift_metrics(pred["uplift"], holdout["treatment"], holdout["converted"])[METRIC]
+
+
+def split_by_campaign(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Train on earlier campaigns, test on the latest (falls back to members where only one exists)."""
+    starts = frame.groupby("campaign_id")["event_timestamp"].min().sort_values()
+    if len(starts) >= 2:
+        test_ids = {starts.index[-1]}
+        how = f"latest campaign ({starts.index[-1]})"
+    else:
+        members = frame["member_id"].drop_duplicates().sample(frac=0.25, random_state=7)
+        test = frame["member_id"].isin(members)
+        return frame[~test], frame[test], "25% of members"
+    test = frame["campaign_id"].isin(test_ids)
+    return frame[~test], frame[test], how
+
+
+def run(settings: Settings, learner: str = "t", params: dict | None = None, register_model: bool = True) -> JobResult:
+    ctx = context(settings)
+    exp = exposures(settings)
+    if exp.empty or exp["campaign_id"].nunique() == 0:
+        raise JobNotApplicable(f"dataset {settings.dataset!r} has no campaign exposures: no offer model to train")
+    offers = load_curated(settings, "offers")
+    entity = exp.rename(columns={"ts": "event_timestamp"})[["member_id", "event_timestamp", "offer_id", *OUTCOMES]]
+    entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"]).dt.tz_localize("UTC")
+    has_control = entity["treatment"].nunique() == 2
+    with job_run(settings, "uplift", SERVICE, feature_refs(ctx, SERVICE), has_control=has_control) as run:
+        frame = pair_features(None, offers, pairs=with_features(ctx, entity, SERVICE))
+        train, test, split = split_by_campaign(frame)
+        mlflow.log_params(
+            {
+                "learner": learner if has_control else "propensity_only",
+                "split": split,
+                "train_rows": len(train),
+                "test_rows": len(test),
+                "treated_share": round(float(entity["treatment"].mean()), 4),
+                "offers": offers["offer_id"].nunique(),
+            }
+        )
+        rows: dict[str, dict] = {}
+        notes: list[str] = []
+        if not has_control:
+            mlflow.set_tag("note", "no control group in these exposures: uplift is not identified; propensity only")
+            model = PropensityModel(params=params, seed=settings.seed).fit(features_only(train), train["redeemed"])
+            pred = model.predict(features_only(test))
+            metrics = classification_metrics(test["redeemed"], pred["p_redeem"])
+            offer_rate = train.groupby("offer_id")["redeemed"].mean()
+            base = test["offer_id"].map(offer_rate).fillna(train["redeemed"].mean())
+            rows = {"propensity": metrics, "offer_rate": classification_metrics(test["redeemed"], base)}
+            log_metrics(metrics, "redeem_")
+            log_metrics(rows["offer_rate"], "baseline_offer_rate_redeem_")
+            metric_value = metrics["roc_auc"]
+            metric_name = "redeem_roc_auc"
+        else:
+            model = UpliftModel(learner=learner, params=params, seed=settings.seed)
+            model.fit(features_only(train), train["treatment"], train["converted"], train["redeemed"])
+            pred = model.predict(features_only(test))
+            t, y = test["treatment"].to_numpy(), test["converted"].to_numpy()
+            true_uplift = _true_uplift(ctx, test) if ctx.simulated else None
+            scores = {f"{learner}-learner uplift": pred["uplift"], "propensity only": pred["p_convert_treated"]}
+            if true_uplift is not None:
+                scores["oracle (true uplift)"] = true_uplift
+            rng = np.random.default_rng(settings.seed)
+            scores["random"] = rng.random(len(test))
+            for label, score in scores.items():
+                rows[label] = uplift_metrics(score, t, y, true_uplift)
+            metrics = rows[f"{learner}-learner uplift"]
+            treated = t.astype(bool)
+            metrics |= {
+                f"redeem_{k}": v
+                for k, v in classification_metrics(
+                    test["redeemed"].to_numpy()[treated], pred["p_redeem"].to_numpy()[treated]
+                ).items()
+                if k in ("roc_auc", "pr_auc", "brier")
+            }
+            log_metrics(metrics)
+            log_metrics(rows["propensity only"], "propensity_")
+            log_metrics(rows["random"], "random_")
+            if true_uplift is not None:
+                log_metrics(rows["oracle (true uplift)"], "oracle_")
+            log_figure(plots.qini({k: v for k, v in scores.items() if k != "random"}, t, y), "plots/qini.png")
+            metric_value, metric_name = metrics[METRIC], METRIC
+        comparison = pd.DataFrame(rows).T
+        log_table(comparison.reset_index(names="model"), "comparison.json")
+        cols = model.features_.columns_ + ["offer_id"]
+        decision = finish(
+            settings,
+            "uplift",
+            model,
+            "uplift",
+            model_input(test.head(5), cols),
+            metric_name,
+            metric_value,
+            test,
+            register_model,
+        )
+        return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes)
+
+
+def _true_uplift(ctx, test: pd.DataFrame) -> np.ndarray:
+    """Simulation: the true effect of the exposure's offer on conversion (zero for members already gone)."""
+    truth = ctx.truth("uplift").set_index(["member_id", "offer_id"])["uplift"]
+    alive = ctx.truth("members").set_index("member_id")["alive_at_cutoff"]
+    keys = pd.MultiIndex.from_frame(test[["member_id", "offer_id"]])
+    return truth.reindex(keys).fillna(0).to_numpy() * alive.reindex(test["member_id"]).fillna(False).to_numpy()

@@ -1,0 +1,203 @@
+"""Model registry: register as ``challenger``, promote to ``champion`` through a gate, audit every move.
+
+Aliases live in the MLflow model registry of the active profile. Every alias move (and every
+refused promotion) is also written as a run in the ``loyalty-registry-audit`` experiment of the
+same tracking store: who, what, when, both scores and the margin, so the history of
+production models is queryable in the MLflow UI and by :func:`history`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from training.settings import Settings
+from training.tracking import configure
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+AUDIT_EXPERIMENT = "loyalty-registry-audit"
+
+
+@dataclass
+class Decision:
+    model: str
+    action: str  # bootstrapped | registered | promoted | refused
+    version: str | None
+    champion_version: str | None = None
+    metric: str = ""
+    challenger_score: float | None = None
+    champion_score: float | None = None
+    margin: float | None = None
+    reason: str = ""
+    actor: str = ""
+    at: str = field(default_factory=lambda: pd.Timestamp.now(tz="UTC").isoformat())
+
+
+# --------------------------------------------------------------------------- holdouts
+def save_holdout(settings: Settings, job: str, frame: pd.DataFrame) -> str:
+    """Store the evaluation frame the gate re-scores on; return its file name (content-addressed)."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
+    settings.holdout_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{job}-{digest}.parquet"
+    path = settings.holdout_dir / name
+    if not path.exists():
+        frame.to_parquet(path, index=False)
+    return name
+
+
+def load_holdout(settings: Settings, name: str) -> pd.DataFrame:
+    path = settings.holdout_dir / name
+    if not path.exists():
+        raise FileNotFoundError(f"holdout {path} missing: re-run the challenger's training job on this machine")
+    return pd.read_parquet(path)
+
+
+# --------------------------------------------------------------------------- aliases
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+def load_estimator(name: str, alias_or_version: str):
+    ref = f"@{alias_or_version}" if not str(alias_or_version).isdigit() else f"/{alias_or_version}"
+    return mlflow.pyfunc.load_model(f"models:/{name}{ref}").unwrap_python_model().estimator
+
+
+def register(
+    settings: Settings, job: str, model_uri: str, run_id: str, metric: str, score: float, holdout: str
+) -> Decision:
+    """New version -> ``challenger`` (or ``champion`` if the model has none). All or nothing."""
+    client = MlflowClient()
+    name = settings.model_name(job)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"{job} model for dataset {settings.dataset}")
+    mv = None
+    champion = alias_version(client, name, CHAMPION)
+    alias = CHALLENGER if champion else CHAMPION
+    previous = alias_version(client, name, alias)
+    try:
+        mv = client.create_model_version(
+            name, model_uri, run_id=run_id, tags={"metric": metric, "score": f"{score:.6f}", "holdout": holdout}
+        )
+        _wait_ready(client, name, mv.version)
+        client.set_registered_model_alias(name, alias, mv.version)
+        decision = Decision(
+            model=name,
+            action="registered" if champion else "bootstrapped",
+            version=mv.version,
+            champion_version=champion or mv.version,
+            metric=metric,
+            challenger_score=score,
+            reason=f"new version set as {alias}" + (f" (replaces challenger v{previous})" if previous else ""),
+            actor=settings.actor,
+        )
+        audit(settings, decision)
+        return decision
+    except BaseException:  # interrupted or failed: leave the registry as it was
+        if mv is not None:
+            try:
+                client.delete_model_version(name, mv.version)
+                if previous:
+                    client.set_registered_model_alias(name, alias, previous)
+            except MlflowException:
+                pass
+        raise
+
+
+def _wait_ready(client: MlflowClient, name: str, version: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.get_model_version(name, version).status != "READY":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model version {name} v{version} not READY after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def promote(settings: Settings, job: str, margin: float | None = None) -> Decision:
+    """Promote the challenger if it beats the champion on the challenger's holdout by ``margin``.
+
+    Both models are re-scored on the same stored holdout with the job's primary metric, so
+    the comparison does not depend on numbers logged at different times on different data.
+    """
+    from training.jobs import JOBS
+
+    spec = JOBS[job]
+    margin = spec.margin if margin is None else margin
+    configure(settings)
+    client = MlflowClient()
+    name = settings.model_name(job)
+    challenger = alias_version(client, name, CHALLENGER)
+    champion = alias_version(client, name, CHAMPION)
+    base = Decision(model=name, action="refused", version=challenger, champion_version=champion, metric=spec.metric)
+    base.margin, base.actor = margin, settings.actor
+    if challenger is None:
+        base.reason = "no challenger registered"
+        return base  # nothing moved, nothing to audit
+    holdout_name = client.get_model_version(name, challenger).tags.get("holdout", "")
+    holdout = load_holdout(settings, holdout_name)
+    base.challenger_score = float(spec.score_holdout(load_estimator(name, challenger), holdout))
+    if champion is None:
+        base.action, base.reason = "promoted", "no champion yet"
+    else:
+        base.champion_score = float(spec.score_holdout(load_estimator(name, champion), holdout))
+        if base.challenger_score >= base.champion_score + margin:
+            base.action = "promoted"
+            base.reason = f"{spec.metric} {base.challenger_score:.4f} >= champion {base.champion_score:.4f} + {margin}"
+        else:
+            base.reason = (
+                f"{spec.metric} {base.challenger_score:.4f} < champion {base.champion_score:.4f} + margin {margin}"
+            )
+    if base.action == "promoted":
+        client.set_registered_model_alias(name, CHAMPION, challenger)
+        client.delete_registered_model_alias(name, CHALLENGER)
+        client.set_model_version_tag(name, challenger, "promoted_at", base.at)
+        client.set_model_version_tag(name, challenger, "promoted_by", settings.actor)
+        if champion:
+            client.set_model_version_tag(name, champion, "retired_at", base.at)
+    audit(settings, base)
+    return base
+
+
+def audit(settings: Settings, decision: Decision) -> None:
+    """Append one record to the audit experiment (a run with params, metrics and tags)."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(AUDIT_EXPERIMENT)
+    record = asdict(decision)
+    run = client.create_run(exp_id, run_name=f"{decision.action} {decision.model} v{decision.version}")
+    for key, value in record.items():
+        if value is None:
+            continue
+        if isinstance(value, float):
+            client.log_metric(run.info.run_id, key, value)
+        else:
+            client.log_param(run.info.run_id, key, str(value))
+    client.set_tag(run.info.run_id, "audit_model", decision.model)
+    client.set_terminated(run.info.run_id)
+
+
+def history(settings: Settings, job: str | None = None) -> pd.DataFrame:
+    """Every alias move and refused promotion, oldest first."""
+    configure(settings)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if exp is None:
+        return pd.DataFrame()
+    filt = f"tags.audit_model = '{settings.model_name(job)}'" if job else ""
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=filt, order_by=["attributes.start_time ASC"])
+    if runs.empty:
+        return runs
+    cols = {c: c.split(".", 1)[1] for c in runs.columns if c.startswith(("params.", "metrics."))}
+    keep = ["at", "model", "action", "version", "champion_version", "metric", "challenger_score", "champion_score"]
+    keep += ["margin", "actor", "reason"]
+    out = runs[list(cols)].rename(columns=cols)
+    return out[[c for c in keep if c in out.columns]].sort_values("at").reset_index(drop=True)
