@@ -75,6 +75,8 @@ class _Indexed:
 class PopularityRecommender(_Indexed):
     """Most-bought items (by number of members), overall or within the member's segment."""
 
+    algorithm = "popularity"
+
     def fit(self, interactions: pd.DataFrame, items: list[str] | None = None, segments: pd.Series | None = None):
         self._index(interactions, items, segments)
         self.segments_ = segments
@@ -86,17 +88,20 @@ class PopularityRecommender(_Indexed):
         k: int = 10,
         exclude_owned: bool = True,
         segments: dict | None = None,
+        histories: dict | None = None,
         allowed_items: np.ndarray | None = None,
     ) -> pd.DataFrame:
+        """Same API as :meth:`CFRecommender.recommend`; ``histories`` only mark owned items."""
         idx, scores, src = [], [], []
         for m in member_ids:
             row = self.member_index_.get(m)
             owned = set(self.owned_[row].indices) if row is not None else set()
+            owned |= {self.item_index_[i] for i in (histories or {}).get(m, []) if i in self.item_index_}
             seg = (segments or {}).get(m)
             i, s = self._fallback(owned, k, exclude_owned, seg, allowed_items)
             idx.append(i)
             scores.append(s)
-            src.append("segment_popularity" if seg is not None else "popularity")
+            src.append("segment_popularity" if seg is not None and str(seg) in self.segment_popular_ else "popularity")
         return self._frame(member_ids, idx, scores, src)
 
 

@@ -139,6 +139,7 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
     for name in jobs:
         console.rule(f"train {name}")
         kwargs = {k: v for k, v in options.get(name, {}).items() if v is not None}
+        started = time.perf_counter()
         try:
             results[name] = JOBS[name].run(settings, **kwargs)
         except JobNotApplicable as err:
@@ -149,7 +150,8 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
         except (FileNotFoundError, ValueError) as err:
             _fail(err)
         res = results[name]
-        table = Table(title=f"{name}: holdout metrics (run {res.run_id[:8]})")
+        seconds = time.perf_counter() - started
+        table = Table(title=f"{name}: holdout metrics (run {res.run_id[:8]}, {seconds:.0f} s)")
         shown = res.comparison.T
         shown = shown.loc[[m for m in shown.index if not m.startswith(("val_", "members_")) and m != "n"]].head(14)
         table.add_column("metric")

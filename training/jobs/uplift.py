@@ -75,7 +75,10 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
         rows: dict[str, dict] = {}
         notes: list[str] = []
         if not has_control:
-            mlflow.set_tag("note", "no control group in these exposures: uplift is not identified; propensity only")
+            notes.append(
+                "no control group in these exposures: uplift is not identified, so only the propensity is learned"
+            )
+            mlflow.set_tag("note", notes[-1])
             model = PropensityModel(params=params, seed=settings.seed).fit(features_only(train), train["redeemed"])
             pred = model.predict(features_only(test))
             metrics = classification_metrics(test["redeemed"], pred["p_redeem"])
