@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MEMBERS ?= 10000
 
-.PHONY: install demo test lint clean
+.PHONY: install demo serve test lint clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: install  ## main job end to end on the embedded default
 	$(BIN)/loyalty-ml demo --members $(MEMBERS)
+
+serve: install  ## the decision service on :3000 (after make demo)
+	$(BIN)/loyalty-ml serve --port 3000
 
 lint: install
 	$(BIN)/ruff check .

@@ -30,13 +30,24 @@ class FeatureMatrix:
         missing = [c for c in self.columns_ if c not in df.columns]
         if missing:
             raise ValueError(f"feature columns missing from input: {missing}")
-        out = pd.DataFrame(index=df.index)
-        for c in self.columns_:
+        out = {}
+        for c in self.columns_:  # column by column on numpy: this runs on the request path
+            values = df[c].to_numpy()
             if c in self.categorical_:
-                out[c] = pd.Categorical(df[c].astype("string"), categories=self.categorical_[c])
+                if c not in self._dtypes:
+                    self._dtypes[c] = pd.CategoricalDtype(self.categorical_[c])
+                out[c] = pd.Categorical(np.where(pd.isna(values), None, values.astype(str)), dtype=self._dtypes[c])
+            elif values.dtype.kind in "fiub":
+                out[c] = values.astype(np.float64)
             else:
-                out[c] = pd.to_numeric(df[c], errors="coerce").astype(np.float64)
-        return out
+                out[c] = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+        return pd.DataFrame(out, index=df.index)
+
+    @property
+    def _dtypes(self) -> dict:
+        if "_dtype_cache" not in self.__dict__:  # not pickled state: rebuilt after loading
+            self.__dict__["_dtype_cache"] = {}
+        return self.__dict__["_dtype_cache"]
 
     def fit_transform(self, df: pd.DataFrame) -> pd.DataFrame:
         return self.fit(df).transform(df)

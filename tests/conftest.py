@@ -60,3 +60,11 @@ def shared_data() -> Path:
     if not (SHARED / "online_retail").exists() or not (SHARED / "complete_journey").exists():
         pytest.skip(f"public data not found at {SHARED}: real-data adapter tests need ../shared/data")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def trained(settings, pipeline):
+    """All five training jobs on the simulated pipeline; their models become the champions."""
+    from training.jobs import JOBS
+
+    return {name: JOBS[name].run(settings) for name in ("cf", "churn", "uplift", "clv", "fraud")}

@@ -15,15 +15,6 @@ from mlflow.tracking import MlflowClient
 from training.registry import CHALLENGER, CHAMPION, alias_version, history, promote
 from training.tracking import configure
 
-JOBS = ("cf", "churn", "uplift", "clv", "fraud")
-
-
-@pytest.fixture(scope="session")
-def trained(settings, pipeline):
-    from training.jobs import JOBS as SPECS
-
-    return {name: SPECS[name].run(settings) for name in JOBS}
-
 
 def test_churn_is_calibrated_and_close_to_the_oracle(trained):
     res = trained["churn"].comparison

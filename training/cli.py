@@ -260,8 +260,106 @@ def models_history(ctx: typer.Context, job: str | None = typer.Argument(None)) -
         console.print(df.to_string(index=False) if not df.empty else "no registry events yet")
 
 
+@app.command("score-batch")
+def score_batch(
+    ctx: typer.Context,
+    members_file: Path = typer.Argument(..., help="parquet or CSV with a member_id column (a campaign list)"),
+    budget: float = typer.Option(..., min=0.0, help="total expected offer cost the campaign may spend"),
+    out: Path = typer.Option(Path("allocation.parquet"), help="where the chosen (member, offer) rows go"),
+) -> None:
+    """Decide offers for a member list with the service's decision code, under a budget and stock."""
+    from serving import decisions
+    from serving.runtime import DecisionRuntime
+
+    try:
+        frame = pd.read_csv(members_file) if members_file.suffix == ".csv" else pd.read_parquet(members_file)
+    except (OSError, ValueError) as err:
+        _fail(ValueError(f"{members_file}: cannot read ({err})"))
+    if "member_id" not in frame.columns:
+        _fail(ValueError(f"{members_file}: no member_id column (columns: {list(frame.columns)})"))
+    ids = frame["member_id"].astype(str)
+    bad = ids[~ids.str.fullmatch(r"[A-Za-z0-9_\-.:]{1,64}")]
+    if len(bad):
+        _fail(ValueError(f"{members_file}: invalid member_id at row {bad.index[0]}: {bad.iloc[0]!r}"))
+    runtime = DecisionRuntime(ctx.obj)
+    try:
+        pairs, skipped = runtime.score_batch(ids.drop_duplicates().tolist(), None)
+    except RuntimeError as err:
+        _fail(err)
+    stock = runtime.stock_left().clip(lower=0).astype(int).to_dict()
+    chosen, summary = decisions.allocate(pairs, budget, stock)
+    chosen.to_parquet(out, index=False)
+    console.print(summary | {"skipped": skipped, "out": str(out)})
+
+
+def _service_cmd(port: int) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "bentoml", "serve", "serving.service:LoyaltyDecisionService", "--port", str(port)]
+
+
+@app.command("serve")
+def serve(ctx: typer.Context, port: int = typer.Option(3000, help="HTTP port")) -> None:
+    """Run the decision service in the foreground (``bentoml serve``) for the active settings."""
+    import subprocess
+
+    from training.settings import PROJECT_ROOT
+
+    raise typer.Exit(subprocess.call(_service_cmd(port), cwd=PROJECT_ROOT))
+
+
+def _serve_and_query(settings: Settings, port: int = 3000) -> None:
+    """Start the service, ask it what a marketing system would ask, print the answers, stop it."""
+    import json
+    import subprocess
+
+    import httpx
+
+    from training.data.ingest import load_curated
+    from training.settings import PROJECT_ROOT
+
+    key = settings.api_keys.split(",")[0]
+    url = f"http://127.0.0.1:{port}"
+    log = (settings.data_dir / "service.log").open("ab")
+    proc = subprocess.Popen(_service_cmd(port), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _fail(RuntimeError(f"service did not become ready; see {settings.data_dir / 'service.log'}"))
+            time.sleep(1)
+        members = load_curated(settings, "members")
+        member = str(members.loc[members["consent_personalisation"].astype(bool), "member_id"].iloc[0])
+        calls = [
+            ("/next_best_offer", {"member_id": member, "channel": "app", "max_results": 3}),
+            ("/churn_risk", {"member_id": member}),
+            ("/recommendations", {"member_id": member, "k": 5}),
+            ("/personalized_benefits", {"member_id": member, "max_results": 3}),
+            ("/next_best_offer", {"member_id": "SOMEONE-NEW"}),
+        ]
+        for path, body in calls:
+            t = time.perf_counter()
+            res = httpx.post(url + path, json=body, headers={"X-API-Key": key}, timeout=30)
+            ms = (time.perf_counter() - t) * 1000
+            console.print(f"[bold]POST {path}[/bold] {json.dumps(body)} -> {res.status_code} in {ms:.0f} ms")
+            console.print_json(res.text)
+        console.print(f"service log: {settings.data_dir / 'service.log'}; run it yourself with `loyalty-ml serve`")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 @app.command("demo")
-def demo(ctx: typer.Context, members: int = typer.Option(10_000, min=100)) -> None:
+def demo(
+    ctx: typer.Context,
+    members: int = typer.Option(10_000, min=100),
+    port: int = typer.Option(3000, help="port of the demo service"),
+) -> None:
     """Run the main job end to end on the active profile (simulated data unless --dataset)."""
     timings = {}
     started = time.perf_counter()
@@ -274,6 +372,7 @@ def demo(ctx: typer.Context, members: int = typer.Option(10_000, min=100)) -> No
         ("online read", lambda: features_show(ctx, 3, None)),
         ("train", lambda: _train(ctx.obj, list(JOB_NAMES))),
         ("models", lambda: models_list(ctx)),
+        ("serve + query", lambda: _serve_and_query(ctx.obj, port)),
     ]
     for name, step in steps:
         console.rule(name)

@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     actor: str = Field(default_factory=lambda: os.environ.get("USER") or getpass.getuser())  # recorded on alias moves
     tuning_trials: int = 8  # optuna trials per tuned model
 
+    # -- serving --------------------------------------------------------------
+    api_keys: str = "demo-key"  # comma-separated; every endpoint but health needs one (X-API-Key header)
+    pseudonym_key: str = "change-me"  # HMAC key for member ids in logs and serving state
+    feature_timeout_ms: float = 250.0  # slower online reads are abandoned: degraded answer
+    contact_caps_per_week: dict[str, int] = Field(default_factory=lambda: {"push": 2, "sms": 1, "email": 2, "app": 7})
+    exploration_rate: float = 0.0  # epsilon-greedy share of decisions that explore (propensity logged)
+    margin_rate: float = 0.3  # gross margin on incremental revenue, before an offer's own margin impact
+    # "dataset": requests without a timestamp are decided as of the dataset's end (the demo and
+    # simulated worlds live in the past); production deployments set "wall"
+    serving_clock: str = "dataset"
+    serving_workers: int = 1  # BentoML worker processes (each holds the models and a store client)
+
     # -- derived locations -------------------------------------------------
     @property
     def dataset_dir(self) -> Path:
@@ -86,6 +98,11 @@ class Settings(BaseSettings):
     def holdout_dir(self) -> Path:
         """Evaluation frames the promotion gate re-scores models on (kept out of MLflow: member ids)."""
         return self.dataset_dir / "holdouts"
+
+    @property
+    def serving_db(self) -> Path:
+        """Durable serving state: decisions, feedback, contacts (SQLite, WAL, fsync per event)."""
+        return self.dataset_dir / "serving.db"
 
     @property
     def artifact_root(self) -> str:

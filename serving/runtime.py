@@ -1,0 +1,455 @@
+"""What the service holds between requests: champion models, the feature store, the catalogue
+and the durable state, plus one method per endpoint returning plain dicts."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+import pandas as pd
+
+from features.store import get_store, serving_features
+from serving import decisions
+from serving.state import ServingState
+from training.data.ingest import load_curated, read_meta
+from training.settings import Settings
+
+log = logging.getLogger("loyalty.serving")
+CONTACT_CHANNELS = ("push", "sms", "email")  # need channel consent; app/web/store are member-initiated
+WEEK_S = 7 * 86400
+
+
+class DecisionRuntime:
+    def __init__(self, settings: Settings, load_models: bool = True):
+        self.settings = settings
+        self.state = ServingState(settings.serving_db, settings.pseudonym_key)
+        self.store = get_store(settings)
+        self.offers = load_curated(settings, "offers")
+        self.items = load_curated(settings, "items")[["item_id", "category_l1"]]
+        self.end = pd.Timestamp(read_meta(settings)["end"])
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
+        self.rng = np.random.default_rng()
+        self.models: dict = {}
+        self.model_versions: dict[str, str] = {}
+        self.model_errors: dict[str, str] = {}
+        if load_models:
+            self.load_models()
+        self.default_ranking = self._default_ranking()
+        self._warm_up()
+
+    # ------------------------------------------------------------------ setup
+    def load_models(self) -> None:
+        """Load every ``champion``; a missing one degrades its endpoint, it never crashes the service."""
+        from mlflow.tracking import MlflowClient
+
+        from training.registry import CHAMPION, load_estimator
+        from training.tracking import configure
+
+        configure(self.settings)
+        client = MlflowClient()
+        for job in ("cf", "churn", "uplift"):
+            name = self.settings.model_name(job)
+            try:
+                self.models[job] = load_estimator(name, CHAMPION)
+                self.model_versions[job] = client.get_model_version_by_alias(name, CHAMPION).version
+            except Exception as err:  # noqa: BLE001 - reported by /readyz and in answers
+                self.model_errors[job] = f"{type(err).__name__}: {err}"
+                log.warning("no champion for %s: %s", name, err)
+
+    def _warm_up(self) -> None:
+        """First reads load the Feast registry and connections: do it before taking traffic."""
+        for _ in range(3):
+            try:
+                serving_features(self.store, ["__warm_up__"], self.now(None))
+            except Exception as err:  # noqa: BLE001 - readiness reports it
+                log.warning("feature store warm-up failed: %s", type(err).__name__)
+
+    def _default_ranking(self) -> pd.DataFrame:
+        """Non-personalised order: offers by historical redemption rate, cheaper first on ties."""
+        try:
+            exp = load_curated(self.settings, "exposures")[["exposure_id", "offer_id"]]
+            resp = load_curated(self.settings, "responses")[["exposure_id", "redeemed"]]
+            rate = (
+                exp.merge(resp, on="exposure_id", how="left")["redeemed"].fillna(False).groupby(exp["offer_id"]).mean()
+            )
+        except FileNotFoundError:
+            rate = pd.Series(dtype=float)
+        out = self.offers.assign(redemption_rate=self.offers["offer_id"].map(rate).fillna(0.0))
+        return out.sort_values(["redemption_rate", "cost"], ascending=[False, True], kind="stable")
+
+    def now(self, ts: int | None) -> int:
+        if ts is not None:
+            return int(ts)
+        return int(self.end.timestamp()) if self.settings.serving_clock == "dataset" else int(time.time())
+
+    def ready(self) -> dict:
+        checks = {"models": {j: j in self.models for j in ("cf", "churn", "uplift")}}
+        _, degraded = self.read_features(["__readiness_probe__"], self.now(None))
+        checks["feature_store"] = not degraded
+        checks["state"] = self.state.ping()
+        checks["ready"] = all(checks["models"].values()) and checks["feature_store"] and checks["state"]
+        return checks
+
+    # ------------------------------------------------------------------ features
+    def read_features(self, member_ids: list[str], ts: int) -> tuple[pd.DataFrame | None, bool]:
+        """Online features, or (None, True) if the store fails or is slower than the timeout."""
+        future = self.pool.submit(serving_features, self.store, member_ids, ts)
+        try:
+            return future.result(timeout=self.settings.feature_timeout_ms / 1000.0), False
+        except FutureTimeout:
+            log.warning("online feature read timed out after %.0f ms", self.settings.feature_timeout_ms)
+        except Exception as err:  # noqa: BLE001 - any store failure degrades, never 500
+            log.warning("online feature read failed: %s", type(err).__name__)
+        return None, True
+
+    @staticmethod
+    def _row(feats: pd.DataFrame | None, member_id: str) -> dict | None:
+        if feats is None:
+            return None
+        row = feats[feats["member_id"] == member_id]
+        if row.empty or pd.isna(row["tier"].iloc[0]):
+            return None  # unknown to the feature store: cold start
+        out = row.iloc[0].to_dict()
+        if pd.notna(out.get("days_since_last_purchase")):
+            out["recency_days"] = out["days_since_last_purchase"]  # fresher than the snapshot's
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in out.items()}
+
+    def stock_left(self) -> pd.Series:
+        used = pd.Series(self.state.redemptions_by_offer(), dtype=float)
+        base = self.offers.set_index("offer_id")["stock"].astype(float)
+        return base - used.reindex(base.index).fillna(0)
+
+    # ------------------------------------------------------------------ endpoints
+    def next_best_offer(
+        self, member_id: str, channel: str, ts: int | None, max_results: int, category: str | None = None
+    ) -> dict:
+        ts = self.now(ts)
+        now = pd.Timestamp(ts, unit="s")
+        decision_id = str(uuid.uuid4())
+        feats, degraded = self.read_features([member_id], ts)
+        member = self._row(feats, member_id)
+        answer = {
+            "decision_id": decision_id,
+            "member_id": member_id,
+            "channel": channel,
+            "degraded": degraded,
+            "cold_start": member is None and not degraded,
+            "personalised": False,
+            "offers": [],
+            "trace": [],
+            "model_version": self.model_versions.get("uplift"),
+        }
+        notes: list[str] = []
+        if degraded:
+            notes.append("feature store unavailable: non-personalised default")
+        elif member is None:
+            notes.append("unknown member: non-personalised default")
+        # contact rules first: they hold whatever the model says
+        if channel in CONTACT_CHANNELS:
+            if member is not None and member.get(f"consent_{channel}") is False:
+                answer["trace"].append({"rule": "channel_consent", "removed": "all"})
+                answer["notes"] = [f"no consent for {channel}: nothing may be sent"]
+                return self._log(answer, "next_best_offer")
+            cap = self.settings.contact_caps_per_week.get(channel)
+            sent = self.state.contacts_since(member_id, ts - WEEK_S).get(channel, 0)
+            if cap is not None and sent >= cap:
+                answer["trace"].append({"rule": "contact_cap", "removed": "all", "sent_this_week": sent, "cap": cap})
+                answer["notes"] = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
+                return self._log(answer, "next_best_offer")
+        redeemed = self.state.redeemed_offers(member_id)
+        elig = decisions.eligibility(self.offers, (member or {}).get("tier"), now, self.stock_left(), redeemed)
+        answer["trace"] += decisions.trace(elig)
+        eligible_ids = set(elig.loc[elig["eligible"], "offer_id"])
+        if category:
+            keep = set(self.offers.loc[self.offers["category_l1"] == category, "offer_id"])
+            answer["trace"].append({"rule": "category_page", "removed": sorted(eligible_ids - keep)})
+            eligible_ids &= keep
+        personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in self.models
+        if member is not None and not member.get("consent_personalisation"):
+            notes.append("no consent for personalisation: non-personalised default")
+        if personalise:
+            scored = decisions.score_offers(
+                self.models["uplift"], pd.DataFrame([member]), self.offers, self.settings.margin_rate
+            )
+            scored = scored[scored["offer_id"].isin(eligible_ids)]
+            negative = scored[scored["expected_incremental_value"] <= 0]["offer_id"].tolist()
+            if negative:
+                answer["trace"].append({"rule": "non_positive_expected_value", "removed": sorted(negative)})
+            ranked = scored[scored["expected_incremental_value"] > 0].sort_values(
+                "expected_incremental_value", ascending=False, kind="stable"
+            )
+            chosen, propensity, explored = decisions.choose(
+                ranked, max_results, self.settings.exploration_rate, self.rng
+            )
+            answer["personalised"], answer["propensity"], answer["explored"] = True, propensity, explored
+            answer["offers"] = [
+                {
+                    "offer_id": r["offer_id"],
+                    "score": round(float(r["expected_incremental_value"]), 4),
+                    "expected_incremental_value": round(float(r["expected_incremental_value"]), 4),
+                    "p_redeem": round(float(r["p_redeem"]), 4),
+                    "uplift": None if pd.isna(r["uplift"]) else round(float(r["uplift"]), 4),
+                    "reason_codes": decisions.reason_codes(r, member),
+                }
+                for _, r in chosen.iterrows()
+            ]
+        else:
+            default = self.default_ranking[self.default_ranking["offer_id"].isin(eligible_ids)].head(max_results)
+            answer["offers"] = [
+                {
+                    "offer_id": r.offer_id,
+                    "score": round(float(r.redemption_rate), 4),
+                    "expected_incremental_value": None,
+                    "p_redeem": None,
+                    "uplift": None,
+                    "reason_codes": ["popular_offer"],
+                }
+                for r in default.itertuples()
+            ]
+            answer["propensity"] = 1.0 if answer["offers"] else None
+        answer["notes"] = notes
+        return self._log(answer, "next_best_offer")
+
+    def churn_risk(self, member_ids: list[str], ts: int | None) -> list[dict]:
+        ts = self.now(ts)
+        feats, degraded = self.read_features(member_ids, ts)
+        model = self.models.get("churn")
+        rows = [self._row(feats, m) for m in member_ids]
+        known = [i for i, r in enumerate(rows) if r is not None]
+        out = [
+            {
+                "member_id": m,
+                "degraded": degraded or model is None,
+                "cold_start": rows[i] is None and not degraded,
+                "churn_probability": None,
+                "risk_band": "unknown",
+                "top_drivers": [],
+                "health_quadrant": None,
+                "suggested_action": "none: no data for this member yet" if not degraded else "retry later",
+                "model_version": self.model_versions.get("churn"),
+            }
+            for i, m in enumerate(member_ids)
+        ]
+        if known and model is not None:
+            frame = pd.DataFrame([rows[i] for i in known])
+            explained = model.explain(frame)
+            for j, i in enumerate(known):
+                e = explained.iloc[j]
+                out[i].update(
+                    {
+                        "churn_probability": round(float(e["churn_probability"]), 4),
+                        "risk_band": e["risk_band"],
+                        "top_drivers": e["top_drivers"],
+                        "suggested_action": e["suggested_action"],
+                        "health_quadrant": rows[i].get("health_quadrant"),
+                    }
+                )
+        return out
+
+    def recommendations(
+        self,
+        member_id: str,
+        k: int,
+        ts: int | None,
+        include_categories: list[str] | None,
+        exclude_categories: list[str] | None,
+        history: list[str] | None = None,
+    ) -> dict:
+        ts = self.now(ts)
+        feats, degraded = self.read_features([member_id], ts)
+        member = self._row(feats, member_id)
+        model = self.models.get("cf")
+        answer = {
+            "member_id": member_id,
+            "degraded": degraded or model is None,
+            "items": [],
+            "source": None,
+            "cold_start": False,
+            "model_version": self.model_versions.get("cf"),
+        }
+        if model is None:
+            return answer
+        cats = self.items.set_index("item_id")["category_l1"].reindex(model.items_).to_numpy()
+        allowed = np.ones(len(cats), dtype=bool)
+        if include_categories:
+            allowed &= np.isin(cats, include_categories)
+        if exclude_categories:
+            allowed &= ~np.isin(cats, exclude_categories)
+        segments = {member_id: member["tier"]} if member else {}
+        personal = member is None or bool(member.get("consent_personalisation"))
+        rec = model.recommend(
+            [member_id] if personal else ["__anonymous__"],
+            k=k,
+            exclude_owned=True,
+            segments=segments if personal else {"__anonymous__": None},
+            histories={member_id: history} if history else None,
+            allowed_items=allowed,
+        ).iloc[0]
+        answer.update(
+            {
+                "items": [
+                    {"item_id": i, "score": s, "category": c}
+                    for i, s, c in zip(
+                        rec["item_ids"],
+                        rec["scores"],
+                        self.items.set_index("item_id")["category_l1"].reindex(rec["item_ids"]),
+                        strict=True,
+                    )
+                ],
+                "source": rec["source"] if personal else "popularity (no personalisation consent)",
+                "cold_start": member_id not in model.member_index_,
+            }
+        )
+        return answer
+
+    def personalized_benefits(self, member_id: str, max_results: int, ts: int | None) -> dict:
+        ts = self.now(ts)
+        feats, degraded = self.read_features([member_id], ts)
+        member = self._row(feats, member_id)
+        elig = decisions.eligibility(
+            self.offers,
+            (member or {}).get("tier"),
+            pd.Timestamp(ts, unit="s"),
+            self.stock_left(),
+            self.state.redeemed_offers(member_id),
+        )
+        answer = {
+            "member_id": member_id,
+            "degraded": degraded,
+            "cold_start": member is None and not degraded,
+            "personalised": False,
+            "benefits": [],
+            "trace": decisions.trace(elig),
+        }
+        if member is None or not member.get("consent_personalisation"):
+            default = self.default_ranking.merge(elig, on="offer_id")
+            default = default[default["eligible"]].head(max_results)
+            answer["benefits"] = [_benefit(r, 0.0, ["popular_benefit"]) for r in default.itertuples()]
+            return answer
+        affinity: dict[str, float] = {}
+        if "cf" in self.models:
+            rec = self.models["cf"].recommend([member_id], k=20, exclude_owned=False).iloc[0]
+            cats = self.items.set_index("item_id")["category_l1"].reindex(rec["item_ids"])
+            affinity = (cats.value_counts(normalize=True)).to_dict()
+        ranked = decisions.rank_benefits(self.offers, member, affinity, elig)
+        ranked = ranked[ranked["eligible"]].head(max_results)
+        answer["personalised"] = True
+        answer["benefits"] = [_benefit(r, r.score, r.reasons) for r in ranked.itertuples()]
+        return answer
+
+    def score_batch(self, member_ids: list[str], ts: int | None, chunk: int = 2000) -> tuple[pd.DataFrame, dict]:
+        """Eligible (member, offer) pairs with expected value, for campaign lists and budget allocation.
+
+        Same rules as :meth:`next_best_offer`: consent for personalisation, tier, validity,
+        stock and already-redeemed offers; members left out are counted by reason.
+        """
+        if "uplift" not in self.models:
+            raise RuntimeError(f"no uplift/propensity champion: {self.model_errors.get('uplift')}")
+        ts = self.now(ts)
+        now = pd.Timestamp(ts, unit="s")
+        stock = self.stock_left()
+        skipped = {"unknown_member": 0, "no_personalisation_consent": 0, "feature_store_unavailable": 0}
+        parts = []
+        for lo in range(0, len(member_ids), chunk):
+            ids = member_ids[lo : lo + chunk]
+            feats, degraded = self.read_features(ids, ts) if len(ids) <= 1 else (self._batch_read(ids, ts), False)
+            if feats is None:
+                skipped["feature_store_unavailable"] += len(ids)
+                continue
+            known = feats[feats["tier"].notna()]
+            skipped["unknown_member"] += len(ids) - len(known)
+            consent = known["consent_personalisation"].fillna(False).astype(bool)
+            skipped["no_personalisation_consent"] += int((~consent).sum())
+            known = known[consent.to_numpy()]
+            if known.empty:
+                continue
+            if "days_since_last_purchase" in known:
+                known = known.assign(recency_days=known["days_since_last_purchase"].fillna(known["recency_days"]))
+            scored = decisions.score_offers(self.models["uplift"], known, self.offers, self.settings.margin_rate)
+            tiers = known.set_index("member_id")["tier"]
+            allowed = {
+                t: set(decisions.eligibility(self.offers, t, now, stock, set()).query("eligible")["offer_id"])
+                for t in tiers.unique()
+            }
+            ok = [o in allowed[tiers[m]] for m, o in zip(scored["member_id"], scored["offer_id"], strict=True)]
+            parts.append(scored[ok])
+        pairs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["member_id", "offer_id"])
+        if len(pairs):  # already-redeemed offers, per member (state lookups only for members with any)
+            redeemed = {m: self.state.redeemed_offers(m) for m in pairs["member_id"].unique()}
+            pairs = pairs[[o not in redeemed[m] for m, o in zip(pairs["member_id"], pairs["offer_id"], strict=True)]]
+        return pairs.reset_index(drop=True), skipped
+
+    def _batch_read(self, ids: list[str], ts: int) -> pd.DataFrame | None:
+        try:  # batch jobs wait for the store instead of degrading
+            return serving_features(self.store, ids, ts)
+        except Exception as err:  # noqa: BLE001
+            log.warning("batch feature read failed: %s", type(err).__name__)
+            return None
+
+    def feedback(self, events: list[dict]) -> dict:
+        stored, duplicates = self.state.add_feedback(events)
+        pushed = self._push(events)
+        return {"stored": stored, "duplicates": duplicates, "pushed_to_feature_store": pushed}
+
+    # ------------------------------------------------------------------ helpers
+    def _push(self, events: list[dict]) -> bool:
+        """Latest event per member to the Feast push source (real-time features); best effort."""
+        if not events:
+            return True
+        df = pd.DataFrame(events).sort_values("ts").groupby("member_id").tail(1)
+        purchase = df["event"].isin(["redemption", "purchase"])
+        push = pd.DataFrame(
+            {
+                "member_id": df["member_id"].astype(str),
+                "event_timestamp": pd.to_datetime(df["ts"], unit="s", utc=True),
+                "rt_last_event_type": df["event"].astype(str),
+                "rt_last_event_ts": df["ts"].astype("int64"),
+                "rt_last_purchase_ts": df["ts"].where(purchase, 0).astype("int64"),
+            }
+        )
+        try:
+            self.store.push("member_events_push", push)
+        except Exception as err:  # noqa: BLE001 - the event is durable already; features catch up later
+            log.warning("push to feature store failed: %s", type(err).__name__)
+            return False
+        self.state.mark_pushed([e["event_id"] for e in events])
+        return True
+
+    def _log(self, answer: dict, endpoint: str) -> dict:
+        first = answer["offers"][0]["offer_id"] if answer.get("offers") else None
+        self.state.log_decision(
+            answer["decision_id"],
+            answer["member_id"],
+            endpoint,
+            answer.get("channel"),
+            first,
+            answer.get("propensity"),
+            answer.get("personalised", False),
+            answer["degraded"],
+            {"offers": [o["offer_id"] for o in answer.get("offers", [])], "trace": answer.get("trace", [])},
+        )
+        log.info(
+            "decision %s member=%s offers=%d degraded=%s",
+            answer["decision_id"],
+            self.state.member_key(answer["member_id"]),
+            len(answer.get("offers", [])),
+            answer["degraded"],
+        )
+        return answer
+
+
+def _benefit(r, score: float, reasons: list[str]) -> dict:
+    return {
+        "offer_id": r.offer_id,
+        "kind": r.kind,
+        "scene_dimension": r.scene_dimension,
+        "value_dimension": r.value_dimension,
+        "category": r.category_l1,
+        "cost": float(r.cost),
+        "score": round(float(score), 4),
+        "reasons": list(reasons),
+    }

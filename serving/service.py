@@ -1,0 +1,143 @@
+"""BentoML decision service: thin typed endpoints over :class:`serving.runtime.DecisionRuntime`.
+
+bentoml serve serving.service:LoyaltyDecisionService      # OpenAPI / Swagger UI at /
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import bentoml
+from pydantic import Field
+
+from serving.runtime import DecisionRuntime
+from serving.schemas import (
+    BenefitsResponse,
+    Channel,
+    ChurnRiskResponse,
+    FeedbackAck,
+    FeedbackEvent,
+    MemberId,
+    NextBestOfferResponse,
+    RecommendationsResponse,
+)
+from training.settings import get_settings
+
+OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # health needs no key (load balancers, k8s probes)
+DOC_PATHS = ("/", "/docs.json", "/static_content")
+
+
+class ApiKeyMiddleware:
+    """401 without a valid ``X-API-Key`` (or ``Authorization: Bearer``) on every path but health/docs;
+    request-validation errors (BentoML answers 400) become 422 with BentoML's message."""
+
+    def __init__(self, app, keys: str):
+        self.app = app
+        self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
+        return bool(given) and any(hmac.compare_digest(given, k) for k in self.keys)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path in OPEN_PATHS or (method == "GET" and (path in DOC_PATHS or path.startswith("/static_content"))):
+            return await self.app(scope, receive, send)
+        if not self._authorised(dict(scope.get("headers", []))):
+            body = b'{"error":"missing or invalid API key (X-API-Key header)"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return None
+
+        async def remap(message):
+            if message["type"] == "http.response.start" and message["status"] == 400 and method == "POST":
+                message = {**message, "status": 422}
+            await send(message)
+
+        return await self.app(scope, receive, remap)
+
+
+@bentoml.service(
+    name="loyalty_decisions", traffic={"timeout": 30, "max_concurrency": 256}, workers=get_settings().serving_workers
+)
+class LoyaltyDecisionService:
+    """Next-best-offer, personalised benefits, churn risk and recommendations for loyalty members."""
+
+    def __init__(self) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.runtime = DecisionRuntime(get_settings())
+
+    def __is_ready__(self) -> bool:
+        return bool(self.runtime.ready()["ready"])
+
+    @bentoml.api
+    def next_best_offer(
+        self,
+        member_id: str = MemberId,
+        channel: Channel = "app",
+        ts: int | None = Field(None, ge=0, description="decision time, unix seconds (default: now)"),
+        max_results: int = Field(3, ge=1, le=20),
+        category: str | None = Field(None, max_length=64, description="current category page: only its offers"),
+    ) -> NextBestOfferResponse:
+        """Ranked offers with expected incremental value, reason codes and the decision trace."""
+        return NextBestOfferResponse(**self.runtime.next_best_offer(member_id, channel, ts, max_results, category))
+
+    @bentoml.api
+    def next_best_offer_batch(
+        self,
+        member_ids: list[str] = Field(min_length=1, max_length=1000),
+        channel: Channel = "app",
+        ts: int | None = Field(None, ge=0),
+        max_results: int = Field(1, ge=1, le=20),
+    ) -> list[NextBestOfferResponse]:
+        """The same decision for a campaign list (no budget; see ``loyalty-ml score-batch`` for one)."""
+        return [NextBestOfferResponse(**self.runtime.next_best_offer(m, channel, ts, max_results)) for m in member_ids]
+
+    @bentoml.api
+    def personalized_benefits(
+        self, member_id: str = MemberId, max_results: int = Field(5, ge=1, le=50), ts: int | None = Field(None, ge=0)
+    ) -> BenefitsResponse:
+        """Benefits catalogue ranked for the member (CF affinity, spend, dimension fit, cost), eligible only."""
+        return BenefitsResponse(**self.runtime.personalized_benefits(member_id, max_results, ts))
+
+    @bentoml.api
+    def churn_risk(self, member_id: str = MemberId, ts: int | None = Field(None, ge=0)) -> ChurnRiskResponse:
+        """Calibrated churn probability, band, top drivers, health quadrant and suggested action."""
+        return ChurnRiskResponse(**self.runtime.churn_risk([member_id], ts)[0])
+
+    @bentoml.api(batchable=True, max_batch_size=512, max_latency_ms=50)
+    def churn_risk_batch(self, member_ids: list[str]) -> list[ChurnRiskResponse]:
+        """Many members at once; concurrent calls are merged by BentoML's adaptive batching."""
+        return [ChurnRiskResponse(**r) for r in self.runtime.churn_risk([str(m) for m in member_ids], None)]
+
+    @bentoml.api
+    def recommendations(
+        self,
+        member_id: str = MemberId,
+        k: int = Field(10, ge=1, le=100),
+        include_categories: list[str] | None = None,
+        exclude_categories: list[str] | None = None,
+        history: list[str] | None = Field(None, max_length=500, description="items of a new member (fold-in)"),
+        ts: int | None = Field(None, ge=0),
+    ) -> RecommendationsResponse:
+        """Top-k items from the CF champion, owned items excluded, category filters applied."""
+        return RecommendationsResponse(
+            **self.runtime.recommendations(member_id, k, ts, include_categories, exclude_categories, history)
+        )
+
+    @bentoml.api
+    def feedback(self, events: list[FeedbackEvent] = Field(min_length=1, max_length=5000)) -> FeedbackAck:
+        """Impressions, clicks, redemptions: stored durably (idempotent by event_id), pushed to Feast."""
+        return FeedbackAck(**self.runtime.feedback([e.model_dump() for e in events]))
+
+
+LoyaltyDecisionService.add_asgi_middleware(ApiKeyMiddleware, keys=get_settings().api_keys)

@@ -1,0 +1,420 @@
+"""The decision service as clients see it: a real ``bentoml serve`` process over HTTP, on the
+models the training tests registered and the features the pipeline fixture materialised."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving import decisions
+
+KEY = "test-key"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """``bentoml serve`` in a subprocess; logs go to a file the tests can read."""
+
+    def __init__(self, settings, log: Path, **env):
+        self.port, self.log = _free_port(), log
+        self.env = {
+            **os.environ,
+            "LOYALTY_DATA_DIR": str(settings.data_dir),
+            "LOYALTY_API_KEYS": KEY,
+            "LOYALTY_PSEUDONYM_KEY": "test-pseudonym-key",
+            **env,
+        }
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/readyz", timeout: float = 180) -> Service:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "serving.service:LoyaltyDecisionService",
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"service not ready in {timeout}s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def post(self, path: str, body: dict, key: str | None = KEY) -> httpx.Response:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.post(self.url + path, json=body, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def service(settings, trained, tmp_path_factory):
+    svc = Service(settings, tmp_path_factory.mktemp("svc") / "service.log").start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def members(settings, pipeline):
+    """Online features of a few hundred members, to pick test subjects by consent, tier, channel."""
+    from features.store import online_features
+    from training.data.ingest import load_curated
+
+    ids = load_curated(settings, "members")["member_id"].head(400).tolist()
+    return online_features(pipeline["store"], ids, int(pipeline["end"].timestamp())).dropna(subset=["tier"])
+
+
+_USED: set[str] = set()  # tests change a member's state (contacts, redemptions): one member per test
+
+
+def _member_with_offers(service, members, mask=None) -> pd.Series:
+    """A consenting member (matching ``mask``) who gets at least one offer in the app, unused so far."""
+    pool = members[members["consent_personalisation"].astype(bool) & (True if mask is None else mask)]
+    for _, m in pool.iterrows():
+        if m["member_id"] in _USED:
+            continue
+        if service.post("/next_best_offer", {"member_id": m["member_id"], "max_results": 5}).json()["offers"]:
+            _USED.add(m["member_id"])
+            return m
+    raise AssertionError("no member with offers")
+
+
+def _offers(settings) -> pd.DataFrame:
+    from training.data.ingest import load_curated
+
+    return load_curated(settings, "offers").set_index("offer_id")
+
+
+def test_health_is_open_everything_else_needs_a_key(service):
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert httpx.get(service.url + path).status_code == 200
+    for path in (
+        "/next_best_offer",
+        "/personalized_benefits",
+        "/churn_risk",
+        "/churn_risk_batch",
+        "/recommendations",
+        "/feedback",
+        "/next_best_offer_batch",
+    ):
+        assert service.post(path, {"member_id": "M0000001"}, key=None).status_code == 401, path
+        assert service.post(path, {"member_id": "M0000001"}, key="wrong").status_code == 401, path
+    assert httpx.get(service.url + "/metrics").status_code == 401
+    assert httpx.get(service.url + "/metrics", headers={"X-API-Key": KEY}).status_code == 200
+    assert httpx.get(service.url + "/docs.json").status_code == 200  # OpenAPI
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/next_best_offer", {"member_id": ""}),
+        ("/next_best_offer", {"member_id": "M1", "max_results": 0}),
+        ("/next_best_offer", {"member_id": "M1", "channel": "carrier-pigeon"}),
+        ("/next_best_offer", {"member_id": "M1; DROP TABLE"}),
+        ("/churn_risk", {}),
+        ("/recommendations", {"member_id": "M1", "k": 1000}),
+        ("/feedback", {"events": [{"event_id": "x", "member_id": "M1", "event": "teleport", "ts": 1}]}),
+        ("/feedback", {"events": []}),
+    ],
+)
+def test_malformed_input_is_422_with_a_message(service, path, body):
+    res = service.post(path, body)
+    assert res.status_code == 422, res.text
+    assert "validation error" in res.json()["error"] and res.json()["detail"]
+
+
+def test_nbo_is_personalised_ranked_eligible_and_logged(service, settings, members):
+    offers = _offers(settings)
+    for _, m in members[members["consent_personalisation"].astype(bool)].head(30).iterrows():
+        res = service.post("/next_best_offer", {"member_id": m["member_id"], "max_results": 5})
+        assert res.status_code == 200, res.text
+        body = res.json()
+        if body["offers"]:  # members for whom every offer has negative expected value get none
+            break
+    assert body["personalised"] and not body["degraded"] and not body["cold_start"]
+    values = [o["expected_incremental_value"] for o in body["offers"]]
+    assert values == sorted(values, reverse=True) and all(v > 0 for v in values)
+    for o in body["offers"]:
+        assert m["tier"] in offers.loc[o["offer_id"], "eligible_tiers"].split("|")
+        assert o["reason_codes"]
+    removed = {oid for step in body["trace"] if isinstance(step["removed"], list) for oid in step["removed"]}
+    assert not removed & {o["offer_id"] for o in body["offers"]}
+    assert 0 < body["propensity"] <= 1
+    with sqlite3.connect(settings.serving_db) as db:
+        row = db.execute("SELECT member_key FROM decisions WHERE decision_id = ?", (body["decision_id"],)).fetchone()
+    assert row and row[0] != m["member_id"]  # stored pseudonymised
+
+
+def test_no_personalisation_without_consent_and_no_contact_without_channel_consent(service, members):
+    no_consent = members[~members["consent_personalisation"].astype(bool)].iloc[0]
+    body = service.post("/next_best_offer", {"member_id": no_consent["member_id"]}).json()
+    assert not body["personalised"] and any("personalisation" in n for n in body["notes"])
+    assert all(o["expected_incremental_value"] is None for o in body["offers"])
+    no_sms = members[~members["consent_sms"].astype(bool)].iloc[0]
+    body = service.post("/next_best_offer", {"member_id": no_sms["member_id"], "channel": "sms"}).json()
+    assert body["offers"] == [] and body["trace"][0]["rule"] == "channel_consent"
+    benefits = service.post("/personalized_benefits", {"member_id": no_consent["member_id"]}).json()
+    assert not benefits["personalised"]
+
+
+def test_contact_caps_hold_per_channel_and_week(service, settings, members):
+    m = _member_with_offers(service, members, members["consent_push"].astype(bool))
+    now = int(pd.Timestamp(pd.read_json(settings.dataset_dir / "meta.json", typ="series")["end"]).timestamp())
+    cap = settings.contact_caps_per_week["push"]
+    for i in range(cap):
+        assert service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "push"}).json()["offers"]
+        ev = {
+            "event_id": f"cap-{m['member_id']}-{i}",
+            "member_id": m["member_id"],
+            "event": "impression",
+            "channel": "push",
+            "ts": now - 3600 * (i + 1),
+        }
+        assert service.post("/feedback", {"events": [ev]}).status_code == 200
+    body = service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "push"}).json()
+    assert body["offers"] == [] and body["trace"][0] == {
+        "rule": "contact_cap",
+        "removed": "all",
+        "sent_this_week": cap,
+        "cap": cap,
+    }
+    assert service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "app"}).json()["offers"]
+
+
+def test_out_of_stock_and_already_redeemed_offers_are_never_offered(service, settings, members):
+    offers = _offers(settings)
+    m = _member_with_offers(service, members)
+    first = service.post("/next_best_offer", {"member_id": m["member_id"], "max_results": 5}).json()["offers"]
+    assert first
+    redeemed = first[0]["offer_id"]
+    service.post(
+        "/feedback",
+        {
+            "events": [
+                {
+                    "event_id": f"red-{m['member_id']}",
+                    "member_id": m["member_id"],
+                    "event": "redemption",
+                    "offer_id": redeemed,
+                    "ts": 1,
+                }
+            ]
+        },
+    )
+    body = service.post("/next_best_offer", {"member_id": m["member_id"], "max_results": 5}).json()
+    assert redeemed not in [o["offer_id"] for o in body["offers"]]
+    assert {"rule": "already_redeemed", "removed": [redeemed]} in [
+        {"rule": s["rule"], "removed": s["removed"]} for s in body["trace"]
+    ]
+    # exhaust the stock of the member's next best offer: nobody gets it afterwards
+    if len(body["offers"]) > 0:
+        target = body["offers"][0]["offer_id"]
+        left = int(offers.loc[target, "stock"])
+        events = [
+            {
+                "event_id": f"stock-{target}-{i}",
+                "member_id": f"X{i}",
+                "event": "redemption",
+                "offer_id": target,
+                "ts": 1,
+            }
+            for i in range(left)
+        ]
+        assert service.post("/feedback", {"events": events}).json()["stored"] == left
+        again = service.post("/next_best_offer", {"member_id": m["member_id"], "max_results": 5}).json()
+        assert target not in [o["offer_id"] for o in again["offers"]]
+        assert any(s["rule"] == "stock" and target in s["removed"] for s in again["trace"])
+
+
+def test_unknown_member_gets_a_flagged_cold_start_answer(service):
+    nbo = service.post("/next_best_offer", {"member_id": "NEW-MEMBER-1"})
+    assert nbo.status_code == 200 and nbo.json()["cold_start"] and nbo.json()["offers"]
+    churn = service.post("/churn_risk", {"member_id": "NEW-MEMBER-1"}).json()
+    assert churn["cold_start"] and churn["risk_band"] == "unknown"
+    rec = service.post("/recommendations", {"member_id": "NEW-MEMBER-1", "k": 5}).json()
+    assert rec["cold_start"] and len(rec["items"]) == 5 and "popularity" in rec["source"]
+
+
+def test_recommendations_exclude_owned_items_and_apply_category_filters(service, settings, members):
+    from training.data.ingest import load_curated
+
+    txn = load_curated(settings, "transactions")
+    m = members[members["consent_personalisation"].astype(bool)].iloc[3]["member_id"]
+    owned = set(txn.loc[txn["member_id"] == m, "item_id"])
+    body = service.post("/recommendations", {"member_id": m, "k": 10}).json()
+    assert len(body["items"]) == 10 and not owned & {i["item_id"] for i in body["items"]}
+    cats = sorted({i["category"] for i in body["items"]})
+    only = service.post("/recommendations", {"member_id": m, "k": 5, "include_categories": cats[:1]}).json()
+    assert {i["category"] for i in only["items"]} == {cats[0]}
+    without = service.post("/recommendations", {"member_id": m, "k": 10, "exclude_categories": cats[:1]}).json()
+    assert cats[0] not in {i["category"] for i in without["items"]}
+
+
+def test_churn_risk_single_and_batch_agree(service, members):
+    ids = members["member_id"].head(20).tolist()
+    single = [service.post("/churn_risk", {"member_id": m}).json() for m in ids]
+    batch = service.post("/churn_risk_batch", {"member_ids": ids}).json()
+    assert [b["member_id"] for b in batch] == ids
+    for s, b in zip(single, batch, strict=True):
+        assert s["churn_probability"] == pytest.approx(b["churn_probability"])
+        assert s["risk_band"] in {"low", "medium", "high", "critical"} and s["suggested_action"]
+        assert s["health_quadrant"] in {"active", "low-active", "churn-risk", "silent"}
+    assert any(d["contribution"] > 0 for s in single for d in s["top_drivers"])
+
+
+def test_benefits_respect_eligibility_and_explain_themselves(service, settings, members):
+    offers = _offers(settings)
+    m = members[members["consent_personalisation"].astype(bool)].iloc[4]
+    body = service.post("/personalized_benefits", {"member_id": m["member_id"], "max_results": 5}).json()
+    assert body["personalised"] and body["benefits"]
+    scores = [b["score"] for b in body["benefits"]]
+    assert scores == sorted(scores, reverse=True)
+    for b in body["benefits"]:
+        assert m["tier"] in offers.loc[b["offer_id"], "eligible_tiers"].split("|")
+
+
+def test_feedback_survives_a_restart_and_is_idempotent(settings, trained, tmp_path):
+    svc = Service(settings, tmp_path / "restart.log").start()
+    events = [
+        {"event_id": f"restart-{i}", "member_id": f"M{i:07d}", "event": "click", "ts": 1_700_000_000 + i}
+        for i in range(50)
+    ]
+    try:
+        assert svc.post("/feedback", {"events": events}).json()["stored"] == 50
+    finally:
+        svc.proc.kill()  # no graceful shutdown
+        svc.proc.wait()
+    svc = Service(settings, tmp_path / "restart2.log").start()
+    try:
+        again = svc.post("/feedback", {"events": events[:10]}).json()
+        assert again == {"stored": 0, "duplicates": 10, "pushed_to_feature_store": True}
+    finally:
+        svc.stop()
+    with sqlite3.connect(settings.serving_db) as db:
+        n = db.execute("SELECT COUNT(*) FROM feedback WHERE event_id LIKE 'restart-%'").fetchone()[0]
+    assert n == 50
+    log = (tmp_path / "restart.log").read_text() + (tmp_path / "restart2.log").read_text()
+    assert "M0000001" not in log  # member ids never reach the logs
+
+
+def test_slow_feature_store_degrades_instead_of_failing(settings, trained, tmp_path):
+    svc = Service(settings, tmp_path / "slow.log", LOYALTY_FEATURE_TIMEOUT_MS="0.001").start(ready_path="/livez")
+    try:
+        assert httpx.get(svc.url + "/readyz").status_code == 503  # not ready: the store does not answer in time
+        nbo = svc.post("/next_best_offer", {"member_id": "M0000001"})
+        assert nbo.status_code == 200 and nbo.json()["degraded"] and not nbo.json()["personalised"]
+        assert nbo.json()["offers"]
+        churn = svc.post("/churn_risk", {"member_id": "M0000001"})
+        assert churn.status_code == 200 and churn.json()["degraded"]
+    finally:
+        svc.stop()
+
+
+def test_budget_allocation_respects_budget_stock_and_one_offer_per_member():
+    rng = np.random.default_rng(0)
+    scored = pd.DataFrame(
+        {
+            "member_id": np.repeat([f"m{i}" for i in range(200)], 3),
+            "offer_id": np.tile(["a", "b", "c"], 200),
+            "expected_incremental_value": rng.normal(1, 1, 600),
+            "expected_cost": rng.uniform(0.1, 2, 600),
+        }
+    )
+    chosen, summary = decisions.allocate(scored, budget=40.0, stock={"a": 10, "b": 1000, "c": 5})
+    assert chosen["member_id"].is_unique and (chosen["expected_incremental_value"] > 0).all()
+    assert chosen["expected_cost"].sum() <= 40.0 + 1e-9 and summary["expected_cost"] <= 40.0 + 1e-9
+    counts = chosen["offer_id"].value_counts()
+    assert counts.get("a", 0) <= 10 and counts.get("c", 0) <= 5
+    assert summary["expected_incremental_value"] == pytest.approx(chosen["expected_incremental_value"].sum())
+    # greedy by value per cost beats spending the same budget at random
+    rand = scored[scored["expected_incremental_value"] > 0].sample(frac=1, random_state=1)
+    rand = rand.drop_duplicates("member_id")
+    rand = rand[rand["expected_cost"].cumsum() <= 40.0]
+    assert summary["expected_incremental_value"] > rand["expected_incremental_value"].sum()
+
+
+def test_score_batch_cli_allocates_under_budget(settings, trained, tmp_path):
+    ids = pd.DataFrame({"member_id": [f"M{i:07d}" for i in range(300)] + ["UNKNOWN-1"]})
+    ids.to_parquet(tmp_path / "campaign.parquet")
+    out = tmp_path / "alloc.parquet"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "score-batch",
+            str(tmp_path / "campaign.parquet"),
+            "--budget",
+            "5",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOYALTY_DATA_DIR": str(settings.data_dir)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    chosen = pd.read_parquet(out)
+    assert len(chosen) > 0 and chosen["member_id"].is_unique and chosen["expected_cost"].sum() <= 5 + 1e-9
+    assert "'unknown_member': 1" in proc.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("member_id\nM1\nbad id with spaces\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "score-batch", str(bad), "--budget", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LOYALTY_DATA_DIR": str(settings.data_dir)},
+    )
+    assert proc.returncode == 2 and "invalid member_id at row 1" in proc.stdout
+
+
+def test_feedback_reaches_the_real_time_features(service, settings, pipeline, members):
+    from features.store import serving_features
+
+    m = members["member_id"].iloc[-1]
+    ts = int(pipeline["end"].timestamp()) - 60
+    ack = service.post(
+        "/feedback",
+        {"events": [{"event_id": f"rt-{m}", "member_id": m, "event": "purchase", "ts": ts, "revenue": 12.5}]},
+    ).json()
+    assert ack == {"stored": 1, "duplicates": 0, "pushed_to_feature_store": True}
+    row = serving_features(pipeline["store"], [m], ts + 86400).iloc[0]
+    assert row["rt_last_event_type"] == "purchase" and int(row["rt_last_purchase_ts"]) == ts
+    assert row["days_since_last_purchase"] == pytest.approx(1.0)
