@@ -17,6 +17,11 @@ request_time = RequestSource(name="request_time", schema=[Field(name="request_ts
     description="Days since the last purchase at request time, counting purchases pushed in real time.",
 )
 def request_recency(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast runs this function from the registry without its module's globals: import inside
+    import pandas as pd
+
+    from features.on_demand import days_since_last_purchase
+
     return pd.DataFrame({"days_since_last_purchase": days_since_last_purchase(inputs)})
 
 

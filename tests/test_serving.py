@@ -418,3 +418,14 @@ def test_feedback_reaches_the_real_time_features(service, settings, pipeline, me
     row = serving_features(pipeline["store"], [m], ts + 86400).iloc[0]
     assert row["rt_last_event_type"] == "purchase" and int(row["rt_last_purchase_ts"]) == ts
     assert row["days_since_last_purchase"] == pytest.approx(1.0)
+
+
+def test_bentoml_build_packages_the_service(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    src = next((tmp_path / "bentoml" / "bentos" / "loyalty_decisions").glob("*/src"))
+    assert (src / "serving" / "service.py").exists() and (src / "models" / "uplift.py").exists()
+    assert not (src / "tests").exists() and not (src / ".loyalty").exists()
