@@ -125,7 +125,13 @@ class DecisionRuntime:
 
     # ------------------------------------------------------------------ endpoints
     def next_best_offer(
-        self, member_id: str, channel: str, ts: int | None, max_results: int, category: str | None = None
+        self,
+        member_id: str,
+        channel: str,
+        ts: int | None,
+        max_results: int,
+        category: str | None = None,
+        context: dict | None = None,
     ) -> dict:
         ts = self.now(ts)
         now = pd.Timestamp(ts, unit="s")
@@ -133,6 +139,7 @@ class DecisionRuntime:
         feats, degraded = self.read_features([member_id], ts)
         member = self._row(feats, member_id)
         answer = {
+            "context": {k: v for k, v in (context or {}).items() if v is not None},
             "decision_id": decision_id,
             "member_id": member_id,
             "channel": channel,
@@ -430,7 +437,12 @@ class DecisionRuntime:
             answer.get("propensity"),
             answer.get("personalised", False),
             answer["degraded"],
-            {"offers": [o["offer_id"] for o in answer.get("offers", [])], "trace": answer.get("trace", [])},
+            {
+                "offers": [o["offer_id"] for o in answer.get("offers", [])],
+                "propensity": answer.get("propensity"),
+                "trace": answer.get("trace", []),
+                "context": answer.pop("context", {}),
+            },
         )
         log.info(
             "decision %s member=%s offers=%d degraded=%s",

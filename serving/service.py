@@ -87,9 +87,14 @@ class LoyaltyDecisionService:
         ts: int | None = Field(None, ge=0, description="decision time, unix seconds (default: now)"),
         max_results: int = Field(3, ge=1, le=20),
         category: str | None = Field(None, max_length=64, description="current category page: only its offers"),
+        store_id: str | None = Field(None, max_length=64, description="store of the request (logged with it)"),
+        region: str | None = Field(None, max_length=64, description="region of the request (logged with it)"),
     ) -> NextBestOfferResponse:
         """Ranked offers with expected incremental value, reason codes and the decision trace."""
-        return NextBestOfferResponse(**self.runtime.next_best_offer(member_id, channel, ts, max_results, category))
+        context = {"store_id": store_id, "region": region, "category": category}
+        return NextBestOfferResponse(
+            **self.runtime.next_best_offer(member_id, channel, ts, max_results, category, context)
+        )
 
     @bentoml.api
     def next_best_offer_batch(

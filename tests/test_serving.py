@@ -429,3 +429,36 @@ def test_bentoml_build_packages_the_service(tmp_path):
     src = next((tmp_path / "bentoml" / "bentos" / "loyalty_decisions").glob("*/src"))
     assert (src / "serving" / "service.py").exists() and (src / "models" / "uplift.py").exists()
     assert not (src / "tests").exists() and not (src / ".loyalty").exists()
+
+
+def test_nbo_batch_decides_each_member_like_the_single_endpoint(service, members):
+    ids = members["member_id"].head(5).tolist() + ["NEW-MEMBER-2"]
+    batch = service.post("/next_best_offer_batch", {"member_ids": ids, "max_results": 2}).json()
+    assert [b["member_id"] for b in batch] == ids and batch[-1]["cold_start"]
+    for b in batch[:-1]:
+        single = service.post("/next_best_offer", {"member_id": b["member_id"], "max_results": 2}).json()
+        assert [o["offer_id"] for o in single["offers"]] == [o["offer_id"] for o in b["offers"]]
+
+
+class _BrokenStore:
+    """Stands in for an online store that refuses connections or hangs."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+
+    def get_feature_service(self, name):
+        raise ConnectionError("online store unreachable") if not self.delay_s else time.sleep(self.delay_s)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 2.0], ids=["unreachable", "hanging"])
+def test_unreachable_or_hanging_store_gives_degraded_default_answers(settings, trained, delay_s):
+    from serving.runtime import DecisionRuntime
+
+    runtime = DecisionRuntime(settings.model_copy(update={"feature_timeout_ms": 200.0}), load_models=False)
+    runtime.store = _BrokenStore(delay_s)
+    started = time.monotonic()
+    answer = runtime.next_best_offer("M0000001", "app", None, 3)
+    assert time.monotonic() - started < 1.5  # the timeout, not the hang, bounds the answer
+    assert answer["degraded"] and not answer["personalised"] and answer["offers"]
+    assert runtime.churn_risk(["M0000001"], None)[0]["degraded"]
+    assert runtime.ready()["ready"] is False
