@@ -106,14 +106,15 @@ class DecisionRuntime:
             log.warning("online feature read failed: %s", type(err).__name__)
         return None, True
 
-    @staticmethod
-    def _row(feats: pd.DataFrame | None, member_id: str) -> dict | None:
+    def _row(self, feats: pd.DataFrame | None, member_id: str) -> dict | None:
         if feats is None:
             return None
         row = feats[feats["member_id"] == member_id]
         if row.empty or pd.isna(row["tier"].iloc[0]):
             return None  # unknown to the feature store: cold start
         out = row.iloc[0].to_dict()
+        if self.state.opted_out(member_id):  # honoured at once, before the consent snapshot catches up
+            out.update({f"consent_{c}": False for c in ("personalisation", *CONTACT_CHANNELS)})
         if pd.notna(out.get("days_since_last_purchase")):
             out["recency_days"] = out["days_since_last_purchase"]  # fresher than the snapshot's
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in out.items()}
@@ -157,9 +158,10 @@ class DecisionRuntime:
             notes.append("unknown member: non-personalised default")
         # contact rules first: they hold whatever the model says
         if channel in CONTACT_CHANNELS:
-            if member is not None and member.get(f"consent_{channel}") is False:
+            if member is None or member.get(f"consent_{channel}") is not True:
+                # unknown consent (new member, store down) counts as no consent for outbound contact
                 answer["trace"].append({"rule": "channel_consent", "removed": "all"})
-                answer["notes"] = [f"no consent for {channel}: nothing may be sent"]
+                answer["notes"] = notes + [f"no known consent for {channel}: nothing may be sent"]
                 return self._log(answer, "next_best_offer")
             cap = self.settings.contact_caps_per_week.get(channel)
             sent = self.state.contacts_since(member_id, ts - WEEK_S).get(channel, 0)
@@ -369,7 +371,8 @@ class DecisionRuntime:
                 continue
             known = feats[feats["tier"].notna()]
             skipped["unknown_member"] += len(ids) - len(known)
-            consent = known["consent_personalisation"].fillna(False).astype(bool)
+            opted_out = known["member_id"].map(self.state.opted_out).astype(bool)
+            consent = known["consent_personalisation"].fillna(False).astype(bool) & ~opted_out
             skipped["no_personalisation_consent"] += int((~consent).sum())
             known = known[consent.to_numpy()]
             if known.empty:

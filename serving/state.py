@@ -124,6 +124,12 @@ class ServingState:
         ).fetchall()
         return {ch: n for ch, n in rows}
 
+    def opted_out(self, member_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM feedback WHERE member_key = ? AND event = 'opt_out' LIMIT 1", (self.member_key(member_id),)
+        ).fetchone()
+        return row is not None
+
     def redeemed_offers(self, member_id: str) -> set[str]:
         rows = self._db.execute(
             "SELECT DISTINCT offer_id FROM feedback WHERE member_key = ? AND event = 'redemption'",

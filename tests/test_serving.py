@@ -38,6 +38,8 @@ class Service:
             "LOYALTY_DATA_DIR": str(settings.data_dir),
             "LOYALTY_API_KEYS": KEY,
             "LOYALTY_PSEUDONYM_KEY": "test-pseudonym-key",
+            # a loaded CI machine must not turn ordinary reads into degraded answers
+            "LOYALTY_FEATURE_TIMEOUT_MS": "5000",
             **env,
         }
         self.url = f"http://127.0.0.1:{self.port}"
@@ -462,3 +464,24 @@ def test_unreachable_or_hanging_store_gives_degraded_default_answers(settings, t
     assert answer["degraded"] and not answer["personalised"] and answer["offers"]
     assert runtime.churn_risk(["M0000001"], None)[0]["degraded"]
     assert runtime.ready()["ready"] is False
+
+
+def test_opt_out_is_honoured_at_once(service, members):
+    m = _member_with_offers(service, members, members["consent_push"].astype(bool))
+    assert service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "push"}).json()["offers"]
+    ack = service.post(
+        "/feedback",
+        {
+            "events": [
+                {"event_id": f"optout-{m['member_id']}", "member_id": m["member_id"], "event": "opt_out", "ts": 1}
+            ]
+        },
+    )
+    assert ack.status_code == 200
+    app = service.post("/next_best_offer", {"member_id": m["member_id"]}).json()
+    assert not app["personalised"] and any("personalisation" in n for n in app["notes"])
+    push = service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "push"}).json()
+    assert push["offers"] == [] and push["trace"][0]["rule"] == "channel_consent"
+    rec = service.post("/recommendations", {"member_id": m["member_id"], "k": 3}).json()
+    assert "no personalisation consent" in rec["source"]
+    assert not service.post("/personalized_benefits", {"member_id": m["member_id"]}).json()["personalised"]
