@@ -25,6 +25,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+evaluate_app = typer.Typer(help="Evaluate campaigns against their control groups.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
 JOB_NAMES = ("cf", "churn", "uplift", "clv", "fraud")
 console = Console()
 
@@ -258,6 +260,38 @@ def models_history(ctx: typer.Context, job: str | None = typer.Argument(None)) -
     df = history(ctx.obj, job)
     with pd.option_context("display.width", 250, "display.max_colwidth", 80):
         console.print(df.to_string(index=False) if not df.empty else "no registry events yet")
+
+
+@evaluate_app.command("campaign")
+def evaluate_campaign(
+    ctx: typer.Context,
+    campaign: str | None = typer.Option(None, help="campaign id (default: every campaign)"),
+    segment: list[str] = typer.Option(["tier"], help="tier | lifecycle_stage (repeatable)"),
+) -> None:
+    """Lift vs control with CIs and p-values, benefit ROI and its decision, per campaign/offer/segment."""
+    from training.evaluation.campaign import evaluate_campaigns
+
+    try:
+        out = evaluate_campaigns(ctx.obj, campaign, tuple(segment))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    cols = [
+        "treated",
+        "control",
+        "conversion_lift",
+        "conversion_p_value",
+        "incremental_revenue",
+        "benefit_cost",
+        "roi",
+        "decision",
+    ]
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        for name, table in out["tables"].items():
+            console.rule(f"by {name}")
+            console.print(table.set_index(table.columns[0])[cols].to_string())
+    for note in out["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"report: {out['report']} (also in MLflow run {out['run_id'][:8]})")
 
 
 @app.command("score-batch")
