@@ -42,6 +42,15 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.float_format", "{:,.2f}".format):
         print(table.to_string())
     print(f"eligible pairs {len(pairs)}, budget {budget} offers, skipped {skipped}")
+    from training.evaluation.ope import validate_on_simulator
+
+    ope = validate_on_simulator(pairs, truth, epsilon=0.3, seed=settings.seed).iloc[0]
+    print(
+        "off-policy evaluation of the NBO policy from epsilon-greedy (0.3) propensity-policy logs, conversion rate: "
+        f"IPS {ope['ips']:.4f} ± {1.96 * ope['ips_se']:.4f}, SNIPS {ope['snips']:.4f}, "
+        f"DR {ope['dr']:.4f} ± {1.96 * ope['dr_se']:.4f}; truth {ope['candidate_true']:.4f}; "
+        f"logging policy observed {ope['logging_policy_observed']:.4f} (truth {ope['logging_true']:.4f})"
+    )
     v = table["true_incremental_value"]
     ours = v["nbo (uplift x value - cost)"]
     print(

@@ -72,6 +72,7 @@ def score_offers(model, member: pd.DataFrame, offers: pd.DataFrame, margin_rate:
             "member_id": pairs["member_id"].to_numpy(),
             "offer_id": pairs["offer_id"].to_numpy(),
             "p_redeem": p_redeem,
+            "p_convert_treated": pred["p_convert_treated"].to_numpy() if "p_convert_treated" in pred else p_redeem,
             "uplift": pred["uplift"].to_numpy(),
             "expected_cost": p_redeem * cost,
             "expected_incremental_value": incremental - p_redeem * cost,

@@ -21,3 +21,20 @@ def test_nbo_policy_beats_propensity_and_random_and_stays_below_the_oracle(setti
     assert ours > v["propensity_only"] and ours > v["random"] and ours > 0
     assert v["oracle"] >= ours
     assert (table["offers_sent"] <= 400).all()
+
+
+def test_off_policy_estimates_recover_the_candidate_policys_true_value(settings, trained):
+    from serving.runtime import DecisionRuntime
+    from training.data.ingest import load_curated
+    from training.evaluation.ope import validate_on_simulator
+
+    runtime = DecisionRuntime(settings)
+    ids = load_curated(settings, "members")["member_id"].head(3000).tolist()
+    pairs, _ = runtime.score_batch(ids, None)
+    truth = pd.read_parquet(settings.ground_truth_dir / "uplift.parquet")
+    res = validate_on_simulator(pairs, truth, epsilon=0.3, seed=11).iloc[0]
+    assert abs(res["ips"] - res["candidate_true"]) < 3 * res["ips_se"] + 0.005
+    assert abs(res["dr"] - res["candidate_true"]) < 3 * res["dr_se"] + 0.005
+    assert abs(res["snips"] - res["candidate_true"]) < 3 * res["ips_se"] + 0.005
+    assert res["dr_se"] <= 1.1 * res["ips_se"]  # the reward model must not add variance
+    assert abs(res["logging_policy_observed"] - res["logging_true"]) < 0.02
