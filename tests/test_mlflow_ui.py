@@ -1,0 +1,89 @@
+"""The MLflow UI shows the training runs and their key metrics, checked in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import mlflow
+import pytest
+
+from tests.test_serving import _free_port
+
+CHROMIUM = shutil.which("chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--window-size=2400,3000",
+]
+KEY_METRICS = {"cf": "ndcg_at_10", "churn": "roc_auc", "uplift": "qini", "clv": "spearman", "fraud": "recall"}
+
+
+def _page_text(url: str) -> str:
+    """The rendered page as text: Chromium runs the app's JavaScript, then dumps the DOM."""
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(settings, trained, tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian package `chromium`; `make test` installs it where it can)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("ui") / "mlflow-ui.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"mlflow ui did not start: {log.read_text()[-2000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_runs_and_key_metrics_are_shown_in_the_ui(settings, trained, mlflow_ui):
+    from training.tracking import configure
+
+    exp_id = configure(settings)
+    listing = _page_text(f"{mlflow_ui}/#/experiments/{exp_id}/runs")
+    assert "Training runs" in listing and settings.experiment_name in listing
+    for job in KEY_METRICS:
+        assert re.search(rf"\b{job}\b", listing), f"run {job} not listed"
+    for job, metric in KEY_METRICS.items():
+        run = trained[job]
+        page = _page_text(f"{mlflow_ui}/#/experiments/{exp_id}/runs/{run.run_id}")
+        value = mlflow.get_run(run.run_id).data.metrics[metric]
+        assert f"{metric} {value:.6g}"[: len(metric) + 6] in page or f"{metric} {value}" in page, (job, metric)
