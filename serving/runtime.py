@@ -24,9 +24,9 @@ WEEK_S = 7 * 86400
 
 
 class DecisionRuntime:
-    def __init__(self, settings: Settings, load_models: bool = True):
+    def __init__(self, settings: Settings, load_models: bool = True, state: ServingState | None = None):
         self.settings = settings
-        self.state = ServingState(settings.serving_db, settings.pseudonym_key)
+        self.state = state or ServingState(settings.serving_db, settings.pseudonym_key)
         self.store = get_store(settings)
         self.offers = load_curated(settings, "offers")
         self.items = load_curated(settings, "items")[["item_id", "category_l1"]]
@@ -195,6 +195,14 @@ class DecisionRuntime:
                 ranked, max_results, self.settings.exploration_rate, self.rng
             )
             answer["personalised"], answer["propensity"], answer["explored"] = True, propensity, explored
+            # the offers this policy could have shown (its support), with their scores, so that
+            # re-ranking policies can be evaluated off-policy from the decision log
+            answer["candidates"] = [
+                {"offer_id": o, "value": round(float(v), 6), "p_redeem": round(float(p), 6)}
+                for o, v, p in zip(
+                    ranked["offer_id"], ranked["expected_incremental_value"], ranked["p_redeem"], strict=True
+                )
+            ]
             answer["offers"] = [
                 {
                     "offer_id": r["offer_id"],
@@ -445,6 +453,7 @@ class DecisionRuntime:
                 "propensity": answer.get("propensity"),
                 "trace": answer.get("trace", []),
                 "context": answer.pop("context", {}),
+                "candidates": answer.pop("candidates", []),
             },
         )
         log.info(

@@ -38,3 +38,47 @@ def test_off_policy_estimates_recover_the_candidate_policys_true_value(settings,
     assert abs(res["snips"] - res["candidate_true"]) < 3 * res["ips_se"] + 0.005
     assert res["dr_se"] <= 1.1 * res["ips_se"]  # the reward model must not add variance
     assert abs(res["logging_policy_observed"] - res["logging_true"]) < 0.02
+
+
+def test_off_policy_evaluation_from_the_services_own_decision_log(settings, trained, tmp_path):
+    import numpy as np
+
+    from serving.runtime import DecisionRuntime
+    from serving.state import ServingState
+    from training.data.ingest import load_curated
+    from training.evaluation.ope import evaluate_logged, logged_from_service
+
+    state = ServingState(tmp_path / "ope.db", "k")
+    runtime = DecisionRuntime(settings.model_copy(update={"exploration_rate": 0.5}), state=state)
+    runtime.rng = np.random.default_rng(5)
+    truth = pd.read_parquet(settings.ground_truth_dir / "uplift.parquet").set_index(["member_id", "offer_id"])
+    p_true = truth["p_convert_treated"]
+    rng = np.random.default_rng(6)
+    member_of = {}
+    for m in load_curated(settings, "members")["member_id"].head(1500):
+        ans = runtime.next_best_offer(m, "app", None, 1)
+        if not ans["personalised"] or not ans["offers"]:
+            continue
+        offer = ans["offers"][0]["offer_id"]
+        member_of[ans["decision_id"]] = m
+        if rng.random() < p_true[(m, offer)]:  # the member responds as the simulator says
+            state.add_feedback(
+                [
+                    {
+                        "event_id": ans["decision_id"],
+                        "member_id": m,
+                        "event": "redemption",
+                        "offer_id": offer,
+                        "decision_id": ans["decision_id"],
+                        "ts": 1,
+                    }
+                ]
+            )
+    logged = logged_from_service(tmp_path / "ope.db")
+    assert len(logged) == len(member_of) > 300 and (logged["propensity"] < 1).any()
+    for candidate in ("value", "p_redeem"):
+        est = evaluate_logged(logged, candidate)
+        target = [max(c, key=lambda x: x[candidate])["offer_id"] for c in logged["candidates"]]
+        true = np.mean([p_true[(member_of[d], o)] for d, o in zip(logged["decision_id"], target, strict=True)])
+        assert abs(est["ips"] - true) < 3 * est["ips_se"] + 0.01, (candidate, est, true)
+        assert abs(est["dr"] - true) < 3 * est["dr_se"] + 0.01, (candidate, est, true)

@@ -294,6 +294,25 @@ def evaluate_campaign(
     console.print(f"report: {out['report']} (also in MLflow run {out['run_id'][:8]})")
 
 
+@evaluate_app.command("policy")
+def evaluate_policy(
+    ctx: typer.Context,
+    candidate: str = typer.Option("p_redeem", help="re-rank the logged candidates by: value | p_redeem"),
+    reward_event: str = typer.Option("redemption", help="feedback event that counts as the reward"),
+) -> None:
+    """Off-policy value (IPS, SNIPS, DR) of a candidate policy from the service's decision log."""
+    from training.evaluation.ope import evaluate_logged, logged_from_service
+
+    if candidate not in ("value", "p_redeem"):
+        _fail(ValueError(f"candidate must be 'value' or 'p_redeem', not {candidate!r}"))
+    if not ctx.obj.serving_db.exists():
+        _fail(FileNotFoundError(f"{ctx.obj.serving_db} missing: the service has logged no decisions yet"))
+    logged = logged_from_service(ctx.obj.serving_db, reward_event)
+    if logged.empty:
+        _fail(ValueError("no personalised decisions with candidates in the log"))
+    console.print(evaluate_logged(logged, candidate))
+
+
 @app.command("score-batch")
 def score_batch(
     ctx: typer.Context,

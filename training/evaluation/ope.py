@@ -74,3 +74,41 @@ def validate_on_simulator(
     est["candidate_true"] = float(p_true.reindex(pd.MultiIndex.from_arrays([logged["member_id"], target])).mean())
     est["logging_true"] = float(logged["true_expected_reward"].mean())
     return pd.DataFrame([est])
+
+
+# --------------------------------------------------------------------------- from the service's logs
+def logged_from_service(db_path, reward_event: str = "redemption") -> pd.DataFrame:
+    """Personalised next-best-offer decisions with their propensity, scored candidates and reward.
+
+    Reward = 1 when a ``reward_event`` feedback event names the decision and its first offer.
+    """
+    import json
+    import sqlite3
+
+    with sqlite3.connect(db_path) as db:
+        dec = pd.read_sql_query(
+            "SELECT decision_id, chosen_offer AS action, propensity, payload FROM decisions"
+            " WHERE endpoint = 'next_best_offer' AND personalised = 1 AND chosen_offer IS NOT NULL",
+            db,
+        )
+        fb = pd.read_sql_query(
+            "SELECT DISTINCT decision_id, offer_id FROM feedback WHERE event = ? AND decision_id IS NOT NULL",
+            db,
+            params=(reward_event,),
+        )
+    rewarded = set(zip(fb["decision_id"], fb["offer_id"], strict=True))
+    dec["reward"] = [float((d, a) in rewarded) for d, a in zip(dec["decision_id"], dec["action"], strict=True)]
+    dec["candidates"] = dec.pop("payload").map(lambda p: json.loads(p).get("candidates", []))
+    return dec[dec["candidates"].map(len) > 0].reset_index(drop=True)
+
+
+def evaluate_logged(logged: pd.DataFrame, candidate_score: str) -> dict:
+    """Value of the policy that picks, among each decision's logged candidates, the highest
+    ``candidate_score`` (``value`` or ``p_redeem``); reward model q = the logged P(redeem)."""
+    target, q_target, q_logged = [], [], []
+    for cands, action in zip(logged["candidates"], logged["action"], strict=True):
+        best = max(cands, key=lambda c: c[candidate_score])
+        target.append(best["offer_id"])
+        q_target.append(best["p_redeem"])
+        q_logged.append(next((c["p_redeem"] for c in cands if c["offer_id"] == action), 0.0))
+    return estimates(logged, pd.Series(target), np.array(q_logged), np.array(q_target)) | {"decisions": len(logged)}
