@@ -56,7 +56,7 @@ class DecisionRuntime:
             try:
                 self.models[job] = load_estimator(name, CHAMPION)
                 self.model_versions[job] = client.get_model_version_by_alias(name, CHAMPION).version
-            except Exception as err:  # noqa: BLE001 - reported by /readyz and in answers
+            except Exception as err:  # reported by /readyz and in answers
                 self.model_errors[job] = f"{type(err).__name__}: {err}"
                 log.warning("no champion for %s: %s", name, err)
 
@@ -65,7 +65,7 @@ class DecisionRuntime:
         for _ in range(3):
             try:
                 serving_features(self.store, ["__warm_up__"], self.now(None))
-            except Exception as err:  # noqa: BLE001 - readiness reports it
+            except Exception as err:  # readiness reports it
                 log.warning("feature store warm-up failed: %s", type(err).__name__)
 
     def _default_ranking(self) -> pd.DataFrame:
@@ -102,7 +102,7 @@ class DecisionRuntime:
             return future.result(timeout=self.settings.feature_timeout_ms / 1000.0), False
         except FutureTimeout:
             log.warning("online feature read timed out after %.0f ms", self.settings.feature_timeout_ms)
-        except Exception as err:  # noqa: BLE001 - any store failure degrades, never 500
+        except Exception as err:  # any store failure degrades, never 500
             log.warning("online feature read failed: %s", type(err).__name__)
         return None, True
 
@@ -404,7 +404,7 @@ class DecisionRuntime:
     def _batch_read(self, ids: list[str], ts: int) -> pd.DataFrame | None:
         try:  # batch jobs wait for the store instead of degrading
             return serving_features(self.store, ids, ts)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             log.warning("batch feature read failed: %s", type(err).__name__)
             return None
 
@@ -431,7 +431,7 @@ class DecisionRuntime:
         )
         try:
             self.store.push("member_events_push", push)
-        except Exception as err:  # noqa: BLE001 - the event is durable already; features catch up later
+        except Exception as err:  # the event is durable already; features catch up later
             log.warning("push to feature store failed: %s", type(err).__name__)
             return False
         self.state.mark_pushed([e["event_id"] for e in events])
