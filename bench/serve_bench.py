@@ -45,7 +45,7 @@ def _pct(ms: list[float]) -> tuple[float, float]:
 def floor(settings, member_ids: list[str], n: int = 300) -> tuple[float, float]:
     """Bare Feast online read of the service's features + the uplift model over every offer."""
 
-    from features.store import get_store
+    from features.store import get_store, serving_feature_refs
     from models.uplift import pair_features
     from training.data.ingest import load_curated
     from training.registry import load_estimator
@@ -53,10 +53,7 @@ def floor(settings, member_ids: list[str], n: int = 300) -> tuple[float, float]:
 
     configure(settings)
     store = get_store(settings)
-    fs = store.get_feature_service("member_online_v1")
-    refs = [
-        f"{p.name}:{f.name}" for p in fs.feature_view_projections if p.name != "request_recency" for f in p.features
-    ]
+    refs = serving_feature_refs(store)
     offers = load_curated(settings, "offers")
     model = load_estimator(settings.model_name("uplift"), "champion")
 

@@ -100,17 +100,23 @@ def online_features(
     return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
 
 
+def serving_feature_refs(store: FeatureStore) -> list[str]:
+    """``member_online_v1`` without its on-demand view: the materialised features the service reads."""
+    fs = store.get_feature_service("member_online_v1")
+    return [
+        f"{p.name}:{f.name}" for p in fs.feature_view_projections if p.name != "request_recency" for f in p.features
+    ]
+
+
 def serving_features(store: FeatureStore, member_ids: list[str], request_ts: int) -> pd.DataFrame:
     """``member_online_v1`` for the decision service: the materialised views from the online
     store, and the request-time recency computed in process with the on-demand view's own
     function (same values, without the cost of Feast's on-demand transformation)."""
     from features.on_demand import days_since_last_purchase
 
-    fs = store.get_feature_service("member_online_v1")
-    refs = [
-        f"{p.name}:{f.name}" for p in fs.feature_view_projections if p.name != "request_recency" for f in p.features
-    ]
-    df = store.get_online_features(features=refs, entity_rows=[{"member_id": m} for m in member_ids]).to_df()
+    df = store.get_online_features(
+        features=serving_feature_refs(store), entity_rows=[{"member_id": m} for m in member_ids]
+    ).to_df()
     df["request_ts"] = int(request_ts)
     df["days_since_last_purchase"] = days_since_last_purchase(df).to_numpy()
     return df

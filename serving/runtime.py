@@ -29,7 +29,7 @@ class DecisionRuntime:
         self.state = state or ServingState(settings.serving_db, settings.pseudonym_key)
         self.store = get_store(settings)
         self.offers = load_curated(settings, "offers")
-        self.items = load_curated(settings, "items")[["item_id", "category_l1"]]
+        self.item_category = load_curated(settings, "items").set_index("item_id")["category_l1"]
         self.end = pd.Timestamp(read_meta(settings)["end"])
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
         self.rng = np.random.default_rng()
@@ -38,6 +38,10 @@ class DecisionRuntime:
         self.model_errors: dict[str, str] = {}
         if load_models:
             self.load_models()
+        # category of each CF item, aligned with the model's item index (business filters per request)
+        self.cf_item_category = (
+            self.item_category.reindex(self.models["cf"].items_).to_numpy() if "cf" in self.models else None
+        )
         self.default_ranking = self._default_ranking()
         self._warm_up()
 
@@ -290,7 +294,7 @@ class DecisionRuntime:
         }
         if model is None:
             return answer
-        cats = self.items.set_index("item_id")["category_l1"].reindex(model.items_).to_numpy()
+        cats = self.cf_item_category
         allowed = np.ones(len(cats), dtype=bool)
         if include_categories:
             allowed &= np.isin(cats, include_categories)
@@ -313,7 +317,7 @@ class DecisionRuntime:
                     for i, s, c in zip(
                         rec["item_ids"],
                         rec["scores"],
-                        self.items.set_index("item_id")["category_l1"].reindex(rec["item_ids"]),
+                        self.item_category.reindex(rec["item_ids"]),
                         strict=True,
                     )
                 ],
@@ -350,7 +354,7 @@ class DecisionRuntime:
         affinity: dict[str, float] = {}
         if "cf" in self.models:
             rec = self.models["cf"].recommend([member_id], k=20, exclude_owned=False).iloc[0]
-            cats = self.items.set_index("item_id")["category_l1"].reindex(rec["item_ids"])
+            cats = self.item_category.reindex(rec["item_ids"])
             affinity = (cats.value_counts(normalize=True)).to_dict()
         ranked = decisions.rank_benefits(self.offers, member, affinity, elig)
         ranked = ranked[ranked["eligible"]].head(max_results)

@@ -86,6 +86,13 @@ def member_labels(order_table: pd.DataFrame, times: list[pd.Timestamp], window: 
     return out
 
 
+def cutoff_labels(ctx: TrainingContext, n_snapshots: int) -> tuple[list[pd.Timestamp], pd.DataFrame, pd.DataFrame]:
+    """Training cutoffs, their label frames and the holdout label frame at the cutoff (churn and value)."""
+    order_table = orders(ctx.settings)
+    times = training_times(ctx, n_snapshots)
+    return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
+
+
 def with_features(ctx: TrainingContext, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
     return training_frame(ctx.store, entity_df, service)
 

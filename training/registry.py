@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -174,13 +175,10 @@ def audit(settings: Settings, decision: Decision) -> None:
     exp_id = exp.experiment_id if exp else client.create_experiment(AUDIT_EXPERIMENT)
     record = asdict(decision)
     run = client.create_run(exp_id, run_name=f"{decision.action} {decision.model} v{decision.version}")
-    for key, value in record.items():
-        if value is None:
-            continue
-        if isinstance(value, float):
-            client.log_metric(run.info.run_id, key, value)
-        else:
-            client.log_param(run.info.run_id, key, str(value))
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in record.items() if isinstance(v, float)]
+    params = [Param(k, str(v)) for k, v in record.items() if v is not None and not isinstance(v, float)]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)  # one write, not one per field
     client.set_tag(run.info.run_id, "audit_model", decision.model)
     client.set_terminated(run.info.run_id)
 

@@ -148,7 +148,6 @@ def run(
 
             for _ in tqdm(range(trials), desc=f"tune {algo}", unit="trial", leave=False):
                 study.optimize(objective, n_trials=1)
-            best[algo] = (study.best_value, study.best_params)
             model = fit_cf(algo, study.best_params, fit_test, ctx.cutoff, items, segments, settings.seed)
             rows[algo] = evaluate(model, test_members, owned_test, future_test, len(items)) | {
                 f"val_{METRIC}": study.best_value

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from models.churn import ChurnModel
-from training.datasets import context, feature_refs, member_labels, orders, training_times, with_features
+from training.datasets import context, cutoff_labels, feature_refs, with_features
 from training.evaluation import plots
 from training.evaluation.metrics import classification_metrics, lift_table
 from training.jobs.common import JobResult, finish, log_metrics, model_input
@@ -35,10 +35,7 @@ def run(
     register_model: bool = True,
 ) -> JobResult:
     ctx = context(settings)
-    order_table = orders(settings)
-    times = training_times(ctx, n_snapshots)
-    train_labels = member_labels(order_table, times, ctx.window)
-    test_labels = member_labels(order_table, [ctx.cutoff], ctx.window)
+    times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
     with job_run(settings, "churn", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
         mlflow.log_params(
             {

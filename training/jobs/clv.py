@@ -6,7 +6,7 @@ import mlflow
 import pandas as pd
 
 from models.clv import CLVModel
-from training.datasets import context, feature_refs, member_labels, orders, training_times, with_features
+from training.datasets import context, cutoff_labels, feature_refs, with_features
 from training.evaluation import plots
 from training.evaluation.metrics import value_metrics
 from training.jobs.churn import features_only
@@ -24,10 +24,7 @@ def score_holdout(model: CLVModel, holdout: pd.DataFrame) -> float:
 
 def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, register_model: bool = True) -> JobResult:
     ctx = context(settings)
-    order_table = orders(settings)
-    times = training_times(ctx, n_snapshots)
-    train_labels = member_labels(order_table, times, ctx.window)
-    test_labels = member_labels(order_table, [ctx.cutoff], ctx.window)
+    times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
     with job_run(settings, "clv", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
         mlflow.log_params(
             {
