@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,12 @@ import time
 import warnings
 from pathlib import Path
 
-import httpx
 import numpy as np
+
+from serving.launch import ServerProcess
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(ms: list[float]) -> tuple[float, float]:
@@ -148,32 +142,13 @@ def main() -> None:
     sample = rng.choice(members, size=min(500, len(members)), replace=False).tolist()
 
     f50, f99 = floor(settings, sample)
-    port, key = _free_port(), "bench-key"
-    env = {**os.environ, "LOYALTY_API_KEYS": key}
-    log = open(Path(tempfile.gettempdir()) / "serve_bench_service.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:LoyaltyDecisionService", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(180):
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+    key = "bench-key"
+    log = Path(tempfile.gettempdir()) / "serve_bench_service.log"
+    with ServerProcess.decision_service(log, {"LOYALTY_API_KEYS": key}) as svc:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             for users in args.users:
-                rows.append(run_locust(url, users, args.seconds, sample, key, Path(tmp)))
-    finally:
-        proc.terminate()
-        proc.wait(30)
+                rows.append(run_locust(svc.url, users, args.seconds, sample, key, Path(tmp)))
     ours, bare = batch_throughput(
         settings, sample[: args.batch_members] if len(sample) >= args.batch_members else members[: args.batch_members]
     )

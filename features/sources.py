@@ -1,14 +1,24 @@
-"""Offline sources: the snapshot tables written by ``training.featurize``; one push source."""
+"""Offline sources: the snapshot tables written by ``training.featurize``; one push source.
+
+Parquet files on the embedded default, PostgreSQL tables on the production profile: the
+profile picks the source class, the feature views on top are the same.
+"""
 
 from feast import FileSource, PushSource
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
-from training.settings import get_settings
+from training.settings import Profile, get_settings
 
-_offline = get_settings().offline_dir
+_settings = get_settings()
 
 
-def _snapshot_source(name: str) -> FileSource:
-    return FileSource(name=f"{name}_source", path=str(_offline / f"{name}.parquet"), timestamp_field="event_timestamp")
+def _snapshot_source(name: str) -> FileSource | PostgreSQLSource:
+    if _settings.profile is Profile.production:
+        return PostgreSQLSource(
+            name=f"{name}_source", table=_settings.offline_table(name), timestamp_field="event_timestamp"
+        )
+    path = str(_settings.offline_dir / f"{name}.parquet")
+    return FileSource(name=f"{name}_source", path=path, timestamp_field="event_timestamp")
 
 
 member_rfm_source = _snapshot_source("member_rfm")

@@ -64,16 +64,24 @@ class ChurnModel:
         self.calibration_share = calibration_share
         self.seed = seed
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None) -> ChurnModel:
-        """Fit the booster on one part and the calibrator on a held-out part (split by member)."""
+    def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None, dask_client=None) -> ChurnModel:
+        """Fit the booster on one part and the calibrator on a held-out part (split by member).
+
+        With a ``distributed.Client`` the booster trains data-parallel on its workers
+        (``lightgbm.DaskLGBMClassifier``); the fitted model is the same kind either way."""
         y = np.asarray(y, dtype=int)
         self.features_ = FeatureMatrix().fit(X)
         M = self.features_.transform(X)
         groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         split = GroupShuffleSplit(n_splits=1, test_size=self.calibration_share, random_state=self.seed)
         fit_idx, cal_idx = next(split.split(M, y, groups))
-        self.booster_ = lgb.LGBMClassifier(**(DEFAULT_PARAMS | self.params), random_state=self.seed)
-        self.booster_.fit(M.iloc[fit_idx], y[fit_idx])
+        params = DEFAULT_PARAMS | self.params
+        if dask_client is not None:
+            from training.distributed import fit_lgbm_classifier
+
+            self.booster_ = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
+        else:
+            self.booster_ = lgb.LGBMClassifier(**params, random_state=self.seed).fit(M.iloc[fit_idx], y[fit_idx])
         raw = self.booster_.predict_proba(M.iloc[cal_idx])[:, 1]
         if self.calibration == "isotonic":
             self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y[cal_idx])

@@ -14,7 +14,7 @@ import pandas as pd
 
 from features.store import get_store, serving_features
 from serving import decisions
-from serving.state import ServingState
+from serving.state import ServingState, StateUnavailable
 from training.data.ingest import load_curated, read_meta
 from training.settings import Settings
 
@@ -26,7 +26,9 @@ WEEK_S = 7 * 86400
 class DecisionRuntime:
     def __init__(self, settings: Settings, load_models: bool = True, state: ServingState | None = None):
         self.settings = settings
-        self.state = state or ServingState(settings.serving_db, settings.pseudonym_key)
+        self.state = state or ServingState(
+            settings.serving_state_url, settings.pseudonym_key, table_prefix=settings.serving_state_prefix
+        )
         self.store = get_store(settings)
         self.offers = load_curated(settings, "offers")
         self.item_category = load_curated(settings, "items").set_index("item_id")["category_l1"]
@@ -34,6 +36,7 @@ class DecisionRuntime:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
         self.rng = np.random.default_rng()
         self.models: dict = {}
+        self.decision_log_failures = 0
         self.model_versions: dict[str, str] = {}
         self.model_errors: dict[str, str] = {}
         if load_models:
@@ -110,18 +113,32 @@ class DecisionRuntime:
             log.warning("online feature read failed: %s", type(err).__name__)
         return None, True
 
-    def _row(self, feats: pd.DataFrame | None, member_id: str) -> dict | None:
+    def _row(self, feats: pd.DataFrame | None, member_id: str, opted_out: bool) -> dict | None:
         if feats is None:
             return None
         row = feats[feats["member_id"] == member_id]
         if row.empty or pd.isna(row["tier"].iloc[0]):
             return None  # unknown to the feature store: cold start
         out = row.iloc[0].to_dict()
-        if self.state.opted_out(member_id):  # honoured at once, before the consent snapshot catches up
+        if opted_out:  # honoured at once, before the consent snapshot catches up
             out.update({f"consent_{c}": False for c in ("personalisation", *CONTACT_CHANNELS)})
         if pd.notna(out.get("days_since_last_purchase")):
             out["recency_days"] = out["days_since_last_purchase"]  # fresher than the snapshot's
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in out.items()}
+
+    def member_state(self, member_id: str, ts: int) -> dict | None:
+        """Opt-out, contacts this week and redeemed offers; None if the state store is down
+        (callers then assume opted out and nothing left to offer: never the unsafe side)."""
+        try:
+            return {
+                "opted_out": self.state.opted_out(member_id),
+                "contacts": self.state.contacts_since(member_id, ts - WEEK_S),
+                "redeemed": self.state.redeemed_offers(member_id),
+                "stock": self.stock_left(),
+            }
+        except StateUnavailable as err:
+            log.warning("%s", err)
+            return None
 
     def stock_left(self) -> pd.Series:
         used = pd.Series(self.state.redemptions_by_offer(), dtype=float)
@@ -142,13 +159,14 @@ class DecisionRuntime:
         now = pd.Timestamp(ts, unit="s")
         decision_id = str(uuid.uuid4())
         feats, degraded = self.read_features([member_id], ts)
-        member = self._row(feats, member_id)
+        mstate = self.member_state(member_id, ts)
+        member = self._row(feats, member_id, mstate is None or mstate["opted_out"])
         answer = {
             "context": {k: v for k, v in (context or {}).items() if v is not None},
             "decision_id": decision_id,
             "member_id": member_id,
             "channel": channel,
-            "degraded": degraded,
+            "degraded": degraded or mstate is None,
             "cold_start": member is None and not degraded,
             "personalised": False,
             "offers": [],
@@ -156,6 +174,10 @@ class DecisionRuntime:
             "model_version": self.model_versions.get("uplift"),
         }
         notes: list[str] = []
+        if mstate is None:  # opt-out, caps and stock cannot be checked: offer nothing
+            answer["trace"].append({"rule": "state_unavailable", "removed": "all"})
+            answer["notes"] = ["serving state unavailable (opt-out, contact caps, stock unknown): nothing offered"]
+            return self._log(answer, "next_best_offer")
         if degraded:
             notes.append("feature store unavailable: non-personalised default")
         elif member is None:
@@ -168,13 +190,12 @@ class DecisionRuntime:
                 answer["notes"] = notes + [f"no known consent for {channel}: nothing may be sent"]
                 return self._log(answer, "next_best_offer")
             cap = self.settings.contact_caps_per_week.get(channel)
-            sent = self.state.contacts_since(member_id, ts - WEEK_S).get(channel, 0)
+            sent = mstate["contacts"].get(channel, 0)
             if cap is not None and sent >= cap:
                 answer["trace"].append({"rule": "contact_cap", "removed": "all", "sent_this_week": sent, "cap": cap})
                 answer["notes"] = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
                 return self._log(answer, "next_best_offer")
-        redeemed = self.state.redeemed_offers(member_id)
-        elig = decisions.eligibility(self.offers, (member or {}).get("tier"), now, self.stock_left(), redeemed)
+        elig = decisions.eligibility(self.offers, (member or {}).get("tier"), now, mstate["stock"], mstate["redeemed"])
         answer["trace"] += decisions.trace(elig)
         eligible_ids = set(elig.loc[elig["eligible"], "offer_id"])
         if category:
@@ -239,7 +260,11 @@ class DecisionRuntime:
         ts = self.now(ts)
         feats, degraded = self.read_features(member_ids, ts)
         model = self.models.get("churn")
-        rows = [self._row(feats, m) for m in member_ids]
+        try:
+            opted_out = self.state.opted_out_many(member_ids)
+        except StateUnavailable:  # consent only gates personalisation, not the risk score
+            opted_out = set(member_ids)
+        rows = [self._row(feats, m, m in opted_out) for m in member_ids]
         known = [i for i, r in enumerate(rows) if r is not None]
         out = [
             {
@@ -282,11 +307,15 @@ class DecisionRuntime:
     ) -> dict:
         ts = self.now(ts)
         feats, degraded = self.read_features([member_id], ts)
-        member = self._row(feats, member_id)
+        try:
+            opted_out, state_down = self.state.opted_out(member_id), False
+        except StateUnavailable:  # opt-out unknown: popularity only
+            opted_out, state_down = True, True
+        member = self._row(feats, member_id, opted_out)
         model = self.models.get("cf")
         answer = {
             "member_id": member_id,
-            "degraded": degraded or model is None,
+            "degraded": degraded or state_down or model is None,
             "items": [],
             "source": None,
             "cold_start": False,
@@ -330,22 +359,24 @@ class DecisionRuntime:
     def personalized_benefits(self, member_id: str, max_results: int, ts: int | None) -> dict:
         ts = self.now(ts)
         feats, degraded = self.read_features([member_id], ts)
-        member = self._row(feats, member_id)
-        elig = decisions.eligibility(
-            self.offers,
-            (member or {}).get("tier"),
-            pd.Timestamp(ts, unit="s"),
-            self.stock_left(),
-            self.state.redeemed_offers(member_id),
-        )
+        mstate = self.member_state(member_id, ts)
         answer = {
             "member_id": member_id,
-            "degraded": degraded,
-            "cold_start": member is None and not degraded,
+            "degraded": degraded or mstate is None,
+            "cold_start": False,
             "personalised": False,
             "benefits": [],
-            "trace": decisions.trace(elig),
+            "trace": [],
         }
+        if mstate is None:  # stock and redemptions unknown: offer nothing
+            answer["trace"] = [{"rule": "state_unavailable", "removed": "all"}]
+            return answer
+        member = self._row(feats, member_id, mstate["opted_out"])
+        answer["cold_start"] = member is None and not degraded
+        elig = decisions.eligibility(
+            self.offers, (member or {}).get("tier"), pd.Timestamp(ts, unit="s"), mstate["stock"], mstate["redeemed"]
+        )
+        answer["trace"] = decisions.trace(elig)
         if member is None or not member.get("consent_personalisation"):
             default = self.default_ranking.merge(elig, on="offer_id")
             default = default[default["eligible"]].head(max_results)
@@ -377,13 +408,13 @@ class DecisionRuntime:
         parts = []
         for lo in range(0, len(member_ids), chunk):
             ids = member_ids[lo : lo + chunk]
-            feats, degraded = self.read_features(ids, ts) if len(ids) <= 1 else (self._batch_read(ids, ts), False)
+            feats = self._batch_read(ids, ts)
             if feats is None:
                 skipped["feature_store_unavailable"] += len(ids)
                 continue
             known = feats[feats["tier"].notna()]
             skipped["unknown_member"] += len(ids) - len(known)
-            opted_out = known["member_id"].map(self.state.opted_out).astype(bool)
+            opted_out = known["member_id"].isin(self.state.opted_out_many(known["member_id"].tolist()))
             consent = known["consent_personalisation"].fillna(False).astype(bool) & ~opted_out
             skipped["no_personalisation_consent"] += int((~consent).sum())
             known = known[consent.to_numpy()]
@@ -438,28 +469,37 @@ class DecisionRuntime:
         except Exception as err:  # the event is durable already; features catch up later
             log.warning("push to feature store failed: %s", type(err).__name__)
             return False
-        self.state.mark_pushed([e["event_id"] for e in events])
+        try:
+            self.state.mark_pushed([e["event_id"] for e in events])
+        except StateUnavailable:  # only a bookkeeping flag: the events are stored and pushed
+            log.warning("could not mark %d events as pushed", len(events))
         return True
 
     def _log(self, answer: dict, endpoint: str) -> dict:
         first = answer["offers"][0]["offer_id"] if answer.get("offers") else None
-        self.state.log_decision(
-            answer["decision_id"],
-            answer["member_id"],
-            endpoint,
-            answer.get("channel"),
-            first,
-            answer.get("propensity"),
-            answer.get("personalised", False),
-            answer["degraded"],
-            {
-                "offers": [o["offer_id"] for o in answer.get("offers", [])],
-                "propensity": answer.get("propensity"),
-                "trace": answer.get("trace", []),
-                "context": answer.pop("context", {}),
-                "candidates": answer.pop("candidates", []),
-            },
-        )
+        try:
+            self.state.log_decision(
+                answer["decision_id"],
+                answer["member_id"],
+                endpoint,
+                answer.get("channel"),
+                first,
+                answer.get("propensity"),
+                answer.get("personalised", False),
+                answer["degraded"],
+                {
+                    "offers": [o["offer_id"] for o in answer.get("offers", [])],
+                    "propensity": answer.get("propensity"),
+                    "trace": answer.get("trace", []),
+                    "context": answer.get("context", {}),
+                    "candidates": answer.get("candidates", []),
+                },
+            )
+        except StateUnavailable as err:  # the answer stands; the audit log has a gap, which is counted
+            self.decision_log_failures += 1
+            log.warning("decision %s not logged: %s", answer["decision_id"], err)
+        answer.pop("context", None)
+        answer.pop("candidates", None)
         log.info(
             "decision %s member=%s offers=%d degraded=%s",
             answer["decision_id"],

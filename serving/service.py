@@ -9,6 +9,7 @@ import hmac
 import logging
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 
 from serving.runtime import DecisionRuntime
@@ -22,6 +23,7 @@ from serving.schemas import (
     NextBestOfferResponse,
     RecommendationsResponse,
 )
+from serving.state import StateUnavailable
 from training.settings import get_settings
 
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # health needs no key (load balancers, k8s probes)
@@ -141,8 +143,13 @@ class LoyaltyDecisionService:
 
     @bentoml.api
     def feedback(self, events: list[FeedbackEvent] = Field(min_length=1, max_length=5000)) -> FeedbackAck:
-        """Impressions, clicks, redemptions: stored durably (idempotent by event_id), pushed to Feast."""
-        return FeedbackAck(**self.runtime.feedback([e.model_dump() for e in events]))
+        """Impressions, clicks, redemptions: stored durably (idempotent by event_id), pushed to Feast.
+
+        503 when the state store is down: nothing was stored, the client retries (same event ids)."""
+        try:
+            return FeedbackAck(**self.runtime.feedback([e.model_dump() for e in events]))
+        except StateUnavailable as err:
+            raise ServiceUnavailable(f"{err}; nothing stored, retry with the same event ids") from err
 
 
 LoyaltyDecisionService.add_asgi_middleware(ApiKeyMiddleware, keys=get_settings().api_keys)

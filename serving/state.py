@@ -1,7 +1,10 @@
-"""Durable serving state in SQLite: logged decisions, feedback events, contacts.
+"""Durable serving state: logged decisions, feedback events, contacts, redemption counters.
 
-Every write is committed (WAL, ``synchronous=FULL``) before the API answers, so a crash or
-restart loses nothing that was acknowledged. Member ids are stored as keyed hashes.
+SQLite (WAL) on the embedded default, PostgreSQL on the production profile, shared by every
+service replica; both through SQLAlchemy Core, so the SQL is the same. Feedback is
+committed (SQLite ``synchronous=FULL``; PostgreSQL's default synchronous commit) before the
+API answers, so a crash or restart loses nothing that was acknowledged. Member ids are
+stored as keyed hashes. A store that cannot be reached raises :class:`StateUnavailable`.
 """
 
 from __future__ import annotations
@@ -9,24 +12,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
-import threading
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id TEXT PRIMARY KEY, member_key TEXT NOT NULL, ts INTEGER NOT NULL, endpoint TEXT NOT NULL,
-    channel TEXT, chosen_offer TEXT, propensity REAL, personalised INTEGER, degraded INTEGER, payload TEXT
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL, member_key TEXT NOT NULL,
-    event TEXT NOT NULL, offer_id TEXT, item_id TEXT, channel TEXT, decision_id TEXT, ts INTEGER NOT NULL,
-    revenue REAL, received_at REAL NOT NULL, pushed INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS feedback_member ON feedback(member_key, event, ts);
-CREATE INDEX IF NOT EXISTS feedback_offer ON feedback(offer_id, event);
-"""
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+
+class StateUnavailable(RuntimeError):
+    """The serving-state database did not answer (down, unreachable, timed out)."""
+
+
+@contextmanager
+def _db_errors():
+    """Any database error becomes :class:`StateUnavailable` (callers degrade on it)."""
+    try:
+        yield
+    except SQLAlchemyError as err:
+        raise StateUnavailable(f"serving state unavailable: {type(err).__name__}") from err
 
 
 def pseudonymise(member_id: str, key: str) -> str:
@@ -34,24 +41,107 @@ def pseudonymise(member_id: str, key: str) -> str:
     return hmac.new(key.encode(), str(member_id).encode(), hashlib.sha256).hexdigest()[:20]
 
 
-class ServingState:
-    def __init__(self, path: Path, key: str):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.key = key
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        # decisions are an audit/OPE log: WAL with synchronous=NORMAL survives a process crash
-        # (only an OS crash can lose the last ones); feedback keeps FULL: fsync before the answer
-        self._log_db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._log_db.execute("PRAGMA synchronous=NORMAL")
-        self._log_lock = threading.Lock()
+def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
+    md = sa.MetaData()
+    decisions = sa.Table(
+        f"{prefix}decisions",
+        md,
+        sa.Column("decision_id", sa.Text, primary_key=True),
+        sa.Column("member_key", sa.Text, nullable=False),
+        sa.Column("ts", sa.BigInteger, nullable=False),
+        sa.Column("endpoint", sa.Text, nullable=False),
+        sa.Column("channel", sa.Text),
+        sa.Column("chosen_offer", sa.Text),
+        sa.Column("propensity", sa.Float),
+        sa.Column("personalised", sa.Integer),
+        sa.Column("degraded", sa.Integer),
+        sa.Column("payload", sa.Text),
+    )
+    feedback = sa.Table(
+        f"{prefix}feedback",
+        md,
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.Text, nullable=False, unique=True),
+        sa.Column("member_key", sa.Text, nullable=False),
+        sa.Column("event", sa.Text, nullable=False),
+        sa.Column("offer_id", sa.Text),
+        sa.Column("item_id", sa.Text),
+        sa.Column("channel", sa.Text),
+        sa.Column("decision_id", sa.Text),
+        sa.Column("ts", sa.BigInteger, nullable=False),
+        sa.Column("revenue", sa.Float),
+        sa.Column("received_at", sa.Float, nullable=False),
+        sa.Column("pushed", sa.Integer, nullable=False, server_default="0"),
+        sa.Index(f"{prefix}feedback_member", "member_key", "event", "ts"),
+        sa.Index(f"{prefix}feedback_offer", "offer_id", "event"),
+    )
+    # kept by add_feedback in the same transaction as the events, so that the stock check on
+    # every request reads one small table instead of counting all redemptions
+    redemptions = sa.Table(
+        f"{prefix}offer_redemptions",
+        md,
+        sa.Column("offer_id", sa.Text, primary_key=True),
+        sa.Column("redeemed", sa.BigInteger, nullable=False),
+    )
+    return md, decisions, feedback, redemptions
 
+
+def _engine(url: str, synchronous: str = "FULL") -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(conn, _):
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+
+        return engine
+    # a dead server must fail fast (degraded answers), and the pool must heal when it is back
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=8,
+        max_overflow=8,
+        pool_timeout=2,
+        connect_args={"connect_timeout": 2, "options": "-c statement_timeout=2000"},
+    )
+
+
+class ServingState:
+    """``url``: a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``) or a SQLite path."""
+
+    def __init__(self, url: str | Path, key: str, table_prefix: str = ""):
+        if isinstance(url, Path):
+            url.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{url}"
+        self.key, self.url = key, url
+        self._md, self.decisions, self.feedback_table, self.redemptions = _tables(table_prefix)
+        self._db = _engine(url)
+        self._dialect = postgresql if self._db.dialect.name == "postgresql" else sqlite
+        # decisions are an audit/OPE log: on SQLite, synchronous=NORMAL survives a process crash
+        # (only an OS crash can lose the last ones); feedback keeps FULL: fsync before the answer
+        self._log_db = _engine(url, "NORMAL") if url.startswith("sqlite") else self._db
+        with _db_errors():
+            self._md.create_all(self._db)
+            self._recount_redemptions()
+
+    # ------------------------------------------------------------------ helpers
     def member_key(self, member_id: str) -> str:
         return pseudonymise(member_id, self.key)
 
+    def _recount_redemptions(self) -> None:
+        """Counters from the events (startup; also upgrades a database written before they existed)."""
+        f, r = self.feedback_table, self.redemptions
+        counts = (
+            sa.select(f.c.offer_id, sa.func.count())
+            .where(f.c.event == "redemption", f.c.offer_id.is_not(None))
+            .group_by(f.c.offer_id)
+        )
+        with self._db.begin() as conn:
+            conn.execute(r.delete())
+            conn.execute(r.insert().from_select(["offer_id", "redeemed"], counts))
+
+    # ------------------------------------------------------------------ writes
     def log_decision(
         self,
         decision_id: str,
@@ -64,93 +154,133 @@ class ServingState:
         degraded: bool,
         payload: dict,
     ) -> None:
-        with self._log_lock:
-            self._log_db.execute(
-                "INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    decision_id,
-                    self.member_key(member_id),
-                    int(time.time()),
-                    endpoint,
-                    channel,
-                    chosen,
-                    propensity,
-                    int(personalised),
-                    int(degraded),
-                    json.dumps(payload, default=str),
-                ),
-            )
+        row = {
+            "decision_id": decision_id,
+            "member_key": self.member_key(member_id),
+            "ts": int(time.time()),
+            "endpoint": endpoint,
+            "channel": channel,
+            "chosen_offer": chosen,
+            "propensity": propensity,
+            "personalised": int(personalised),
+            "degraded": int(degraded),
+            "payload": json.dumps(payload, default=str),
+        }
+        with _db_errors(), self._log_db.begin() as conn:
+            if self._dialect is postgresql:  # an audit log: no need to wait for the WAL flush
+                conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            conn.execute(self.decisions.insert(), row)
 
     def add_feedback(self, events: list[dict]) -> tuple[int, int]:
-        """Insert events (idempotent on event_id); returns (stored, duplicates)."""
-        stored = 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for e in events:
-                    cur = self._db.execute(
-                        "INSERT OR IGNORE INTO feedback (event_id, member_key, event, offer_id, item_id, channel,"
-                        " decision_id, ts, revenue, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            e["event_id"],
-                            self.member_key(e["member_id"]),
-                            e["event"],
-                            e.get("offer_id"),
-                            e.get("item_id"),
-                            e.get("channel"),
-                            e.get("decision_id"),
-                            int(e["ts"]),
-                            e.get("revenue"),
-                            time.time(),
-                        ),
-                    )
-                    stored += cur.rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return stored, len(events) - stored
+        """Insert events (idempotent on event_id) in one transaction; returns (stored, duplicates)."""
+        now = time.time()
+        rows = [
+            {
+                "event_id": e["event_id"],
+                "member_key": self.member_key(e["member_id"]),
+                "event": e["event"],
+                "offer_id": e.get("offer_id"),
+                "item_id": e.get("item_id"),
+                "channel": e.get("channel"),
+                "decision_id": e.get("decision_id"),
+                "ts": int(e["ts"]),
+                "revenue": e.get("revenue"),
+                "received_at": now,
+            }
+            for e in events
+        ]
+        insert = (
+            self._dialect.insert(self.feedback_table)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(self.feedback_table.c.event_id)
+        )
+        with _db_errors(), self._db.begin() as conn:
+            stored: set[str] = set()
+            for lo in range(0, len(rows), 500):
+                stored |= set(conn.execute(insert, rows[lo : lo + 500]).scalars())
+            new = {r["event_id"]: r for r in rows if r["event_id"] in stored}.values()  # once per event id
+            redeemed = Counter(r["offer_id"] for r in new if r["event"] == "redemption" and r["offer_id"])
+            if redeemed:
+                up = self._dialect.insert(self.redemptions)
+                up = up.on_conflict_do_update(
+                    index_elements=["offer_id"], set_={"redeemed": self.redemptions.c.redeemed + up.excluded.redeemed}
+                )
+                conn.execute(up, [{"offer_id": o, "redeemed": n} for o, n in redeemed.items()])
+        # an event repeated inside one batch is stored once
+        return len(stored), len(events) - len(stored)
 
     def mark_pushed(self, event_ids: list[str]) -> None:
-        with self._lock:
-            self._db.executemany("UPDATE feedback SET pushed = 1 WHERE event_id = ?", [(e,) for e in event_ids])
+        f = self.feedback_table
+        with _db_errors(), self._db.begin() as conn:
+            conn.execute(f.update().where(f.c.event_id.in_(event_ids)).values(pushed=1))
+
+    # ------------------------------------------------------------------ reads
+    def _all(self, stmt) -> list:
+        with _db_errors(), self._db.connect() as conn:
+            return conn.execute(stmt).all()
 
     def contacts_since(self, member_id: str, since_ts: int) -> dict[str, int]:
         """Impressions per channel since ``since_ts`` (what the contact caps count)."""
-        rows = self._db.execute(
-            "SELECT channel, COUNT(*) FROM feedback WHERE member_key = ? AND event = 'impression' AND ts >= ?"
-            " GROUP BY channel",
-            (self.member_key(member_id), int(since_ts)),
-        ).fetchall()
-        return {ch: n for ch, n in rows}
+        f = self.feedback_table
+        stmt = (
+            sa.select(f.c.channel, sa.func.count())
+            .where(f.c.member_key == self.member_key(member_id), f.c.event == "impression", f.c.ts >= int(since_ts))
+            .group_by(f.c.channel)
+        )
+        return {ch: n for ch, n in self._all(stmt)}
 
     def opted_out(self, member_id: str) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM feedback WHERE member_key = ? AND event = 'opt_out' LIMIT 1", (self.member_key(member_id),)
-        ).fetchone()
-        return row is not None
+        f = self.feedback_table
+        stmt = sa.select(f.c.seq).where(f.c.member_key == self.member_key(member_id), f.c.event == "opt_out").limit(1)
+        return bool(self._all(stmt))
+
+    def opted_out_many(self, member_ids: list[str]) -> set[str]:
+        keys = {self.member_key(m): m for m in member_ids}
+        f = self.feedback_table
+        out: set[str] = set()
+        chunk = list(keys)
+        for lo in range(0, len(chunk), 1000):
+            stmt = sa.select(f.c.member_key).where(f.c.member_key.in_(chunk[lo : lo + 1000]), f.c.event == "opt_out")
+            out |= {keys[k] for (k,) in self._all(stmt)}
+        return out
 
     def redeemed_offers(self, member_id: str) -> set[str]:
-        rows = self._db.execute(
-            "SELECT DISTINCT offer_id FROM feedback WHERE member_key = ? AND event = 'redemption'",
-            (self.member_key(member_id),),
-        ).fetchall()
-        return {r[0] for r in rows if r[0]}
+        f = self.feedback_table
+        stmt = (
+            sa.select(f.c.offer_id)
+            .distinct()
+            .where(f.c.member_key == self.member_key(member_id), f.c.event == "redemption")
+        )
+        return {r[0] for r in self._all(stmt) if r[0]}
 
     def redemptions_by_offer(self) -> dict[str, int]:
-        rows = self._db.execute(
-            "SELECT offer_id, COUNT(*) FROM feedback WHERE event = 'redemption' AND offer_id IS NOT NULL"
-            " GROUP BY offer_id"
-        ).fetchall()
-        return {o: n for o, n in rows}
+        return {o: int(n) for o, n in self._all(sa.select(self.redemptions.c.offer_id, self.redemptions.c.redeemed))}
 
     def count(self, table: str) -> int:
-        if table not in ("feedback", "decisions"):
-            raise ValueError(table)
-        return self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        t = {"feedback": self.feedback_table, "decisions": self.decisions}[table]
+        return self._all(sa.select(sa.func.count()).select_from(t))[0][0]
 
     def event_ids(self) -> set[str]:
-        return {r[0] for r in self._db.execute("SELECT event_id FROM feedback").fetchall()}
+        return {r[0] for r in self._all(sa.select(self.feedback_table.c.event_id))}
+
+    def decision_log(self, endpoint: str = "next_best_offer") -> pd.DataFrame:
+        """Personalised decisions that chose an offer, with propensity and payload (for OPE)."""
+        d = self.decisions
+        stmt = sa.select(d.c.decision_id, d.c.chosen_offer.label("action"), d.c.propensity, d.c.payload).where(
+            d.c.endpoint == endpoint, d.c.personalised == 1, d.c.chosen_offer.is_not(None)
+        )
+        return pd.DataFrame(self._all(stmt), columns=["decision_id", "action", "propensity", "payload"])
+
+    def events(self, event: str) -> pd.DataFrame:
+        """Feedback events of one kind that name a decision: (decision_id, offer_id)."""
+        f = self.feedback_table
+        stmt = (
+            sa.select(f.c.decision_id, f.c.offer_id).distinct().where(f.c.event == event, f.c.decision_id.is_not(None))
+        )
+        return pd.DataFrame(self._all(stmt), columns=["decision_id", "offer_id"])
 
     def ping(self) -> bool:
-        return self._db.execute("SELECT 1").fetchone()[0] == 1
+        try:
+            return self._all(sa.select(sa.literal(1)))[0][0] == 1
+        except StateUnavailable:
+            return False

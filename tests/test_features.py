@@ -1,13 +1,9 @@
-import uuid
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from features.store import apply, get_store, materialize, online_features, training_frame
-from tests.conftest import reachable
+from features.store import online_features, training_frame
 from training.featurize import health_quadrant, lifecycle_stage
-from training.settings import Profile
 
 
 def _orders(settings):
@@ -82,25 +78,3 @@ def test_segment_rules():
     assert list(health_quadrant([3, 3, 0, 0], [2, 0, 2, 0])) == ["active", "low-active", "churn-risk", "silent"]
     stages = lifecycle_stage([30, 200, 200, 800], [5, 5, 90, 5], [100, 100, 100, 100], [50, 50, 50, 50])
     assert list(stages) == ["new", "growth", "decline", "mature"]
-
-
-@pytest.mark.production
-@pytest.mark.skipif(
-    not (reachable("127.0.0.1", 6379) and reachable("127.0.0.1", 5432)),
-    reason="production profile needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432",
-)
-def test_production_profile_redis_online_store_postgres_registry(settings, pipeline):
-    prod = settings.model_copy(update={"profile": Profile.production, "feast_project": f"t{uuid.uuid4().hex[:8]}"})
-    store = apply(prod)
-    assert store.config.online_store.type == "redis" and store.config.registry.registry_type == "sql"
-    materialize(prod, pipeline["end"])
-    fresh = get_store(prod)  # a new client reads the registry back from PostgreSQL
-    assert {fv.name for fv in fresh.list_feature_views()} >= {"member_rfm", "member_consent"}
-    offline = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")
-    ids = offline["member_id"].drop_duplicates().head(20).tolist()
-    ts = int(pipeline["end"].timestamp())
-    redis_rows = online_features(fresh, ids, ts).set_index("member_id")
-    sqlite_rows = online_features(pipeline["store"], ids, ts).set_index("member_id")
-    for col in ("monetary_365d", "points_balance", "tier", "consent_email", "days_since_last_purchase"):
-        pd.testing.assert_series_equal(redis_rows[col], sqlite_rows[col], check_dtype=False)
-    fresh.teardown()

@@ -6,13 +6,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
-import httpx
 import mlflow
 import pytest
 
-from tests.test_serving import _free_port
+from serving.launch import ServerProcess, free_port
 
 CHROMIUM = shutil.which("chromium")
 FLAGS = [
@@ -39,39 +37,21 @@ def _page_text(url: str) -> str:
 def mlflow_ui(settings, trained, tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("chromium not installed (Debian package `chromium`; `make test` installs it where it can)")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("ui") / "mlflow-ui.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            settings.mlflow_tracking_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    ui = ServerProcess(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.mlflow_tracking_uri]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        port,
+        log,
+        ready_path="/",
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"mlflow ui did not start: {log.read_text()[-2000:]}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        ui.start(timeout=120)
+    except (RuntimeError, TimeoutError) as err:
+        pytest.fail(f"mlflow ui did not start: {err}")
+    yield ui.url
+    ui.stop()
 
 
 def test_runs_and_key_metrics_are_shown_in_the_ui(settings, trained, mlflow_ui):

@@ -74,7 +74,7 @@ def test_off_policy_evaluation_from_the_services_own_decision_log(settings, trai
                     }
                 ]
             )
-    logged = logged_from_service(tmp_path / "ope.db")
+    logged = logged_from_service(state)
     assert len(logged) == len(member_of) > 300 and (logged["propensity"] < 1).any()
     for candidate in ("value", "p_redeem"):
         est = evaluate_logged(logged, candidate)

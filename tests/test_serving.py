@@ -4,7 +4,6 @@ models the training tests registered and the features the pipeline fixture mater
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,24 +16,18 @@ import pandas as pd
 import pytest
 
 from serving import decisions
+from serving.launch import ServerProcess, free_port, service_cmd
 
 KEY = "test-key"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """``bentoml serve`` in a subprocess; logs go to a file the tests can read."""
+class Service(ServerProcess):
+    """``bentoml serve`` in a subprocess on the test store; logs go to a file the tests can read."""
 
     def __init__(self, settings, log: Path, **env):
-        self.port, self.log = _free_port(), log
-        self.env = {
-            **os.environ,
+        port = free_port()
+        env = {
             "LOYALTY_DATA_DIR": str(settings.data_dir),
             "LOYALTY_API_KEYS": KEY,
             "LOYALTY_PSEUDONYM_KEY": "test-pseudonym-key",
@@ -42,40 +35,12 @@ class Service:
             "LOYALTY_FEATURE_TIMEOUT_MS": "5000",
             **env,
         }
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(service_cmd(port), port, log, env)
 
     def start(self, ready_path: str = "/readyz", timeout: float = 180) -> Service:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "serving.service:LoyaltyDecisionService",
-            "--port",
-            str(self.port),
-            "--host",
-            "127.0.0.1",
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise TimeoutError(f"service not ready in {timeout}s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.ready_path = ready_path
+        super().start(timeout)
+        return self
 
     def post(self, path: str, body: dict, key: str | None = KEY) -> httpx.Response:
         headers = {"X-API-Key": key} if key else {}
@@ -317,8 +282,7 @@ def test_feedback_survives_a_restart_and_is_idempotent(settings, trained, tmp_pa
     try:
         assert svc.post("/feedback", {"events": events}).json()["stored"] == 50
     finally:
-        svc.proc.kill()  # no graceful shutdown
-        svc.proc.wait()
+        svc.kill()  # SIGKILL to the whole process group: no graceful shutdown
     svc = Service(settings, tmp_path / "restart2.log").start()
     try:
         again = svc.post("/feedback", {"events": events[:10]}).json()

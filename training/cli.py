@@ -192,9 +192,12 @@ def train_churn(
     ctx: typer.Context,
     snapshots: int = typer.Option(6, min=1, help="training cutoffs before the holdout"),
     calibration: str = typer.Option("isotonic", help="isotonic | platt"),
+    engine: str = typer.Option("local", help="local | dask (LOYALTY_DASK_SCHEDULER, or a local cluster)"),
 ) -> None:
     """Churn risk (LightGBM, calibrated) vs recency-only and the oracle."""
-    _train(ctx.obj, ["churn"], churn={"n_snapshots": snapshots, "calibration": calibration})
+    if engine not in ("local", "dask"):
+        _fail(ValueError(f"--engine must be 'local' or 'dask', not {engine!r}"))
+    _train(ctx.obj, ["churn"], churn={"n_snapshots": snapshots, "calibration": calibration, "engine": engine})
 
 
 @train_app.command("uplift")
@@ -301,16 +304,41 @@ def evaluate_policy(
     reward_event: str = typer.Option("redemption", help="feedback event that counts as the reward"),
 ) -> None:
     """Off-policy value (IPS, SNIPS, DR) of a candidate policy from the service's decision log."""
+    from serving.state import ServingState
     from training.evaluation.ope import evaluate_logged, logged_from_service
+    from training.settings import Profile
 
+    s = ctx.obj
     if candidate not in ("value", "p_redeem"):
         _fail(ValueError(f"candidate must be 'value' or 'p_redeem', not {candidate!r}"))
-    if not ctx.obj.serving_db.exists():
-        _fail(FileNotFoundError(f"{ctx.obj.serving_db} missing: the service has logged no decisions yet"))
-    logged = logged_from_service(ctx.obj.serving_db, reward_event)
+    if s.profile is Profile.embedded and not s.serving_db.exists():
+        _fail(FileNotFoundError(f"{s.serving_db} missing: the service has logged no decisions yet"))
+    logged = logged_from_service(
+        ServingState(s.serving_state_url, s.pseudonym_key, s.serving_state_prefix), reward_event
+    )
     if logged.empty:
         _fail(ValueError("no personalised decisions with candidates in the log"))
     console.print(evaluate_logged(logged, candidate))
+
+
+@app.command("score-churn")
+def score_churn(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("churn_scores.parquet"), help="parquet: member, probability, band, driver, action"),
+    engine: str = typer.Option("local", help="local | dask (LOYALTY_DASK_SCHEDULER, or a local cluster)"),
+    as_of: str | None = typer.Option(None, help="score as of this date (default: the dataset's end)"),
+) -> None:
+    """Churn risk of every member with the champion (offline features), for CRM lists and care tasks."""
+    from training.distributed import churn_scores
+
+    started = time.perf_counter()
+    try:
+        scores = churn_scores(ctx.obj, engine, pd.Timestamp(as_of) if as_of else None)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    scores.to_parquet(out, index=False)
+    console.print(scores["risk_band"].value_counts().to_dict())
+    console.print(f"{len(scores)} members scored ({engine}) in {time.perf_counter() - started:.1f} s -> {out}")
 
 
 @app.command("score-batch")
@@ -345,47 +373,35 @@ def score_batch(
     console.print(summary | {"skipped": skipped, "out": str(out)})
 
 
-def _service_cmd(port: int) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:LoyaltyDecisionService", "--port", str(port)]
-
-
 @app.command("serve")
 def serve(ctx: typer.Context, port: int = typer.Option(3000, help="HTTP port")) -> None:
     """Run the decision service in the foreground (``bentoml serve``) for the active settings."""
     import subprocess
 
+    from serving.launch import service_cmd
     from training.settings import PROJECT_ROOT
 
-    raise typer.Exit(subprocess.call(_service_cmd(port), cwd=PROJECT_ROOT))
+    raise typer.Exit(subprocess.call(service_cmd(port, host="0.0.0.0"), cwd=PROJECT_ROOT))
 
 
 def _serve_and_query(settings: Settings, port: int = 3000) -> None:
     """Start the service, ask it what a marketing system would ask, print the answers, stop it."""
     import json
-    import subprocess
 
     import httpx
 
+    from serving.launch import ServerProcess
     from training.data.ingest import load_curated
-    from training.settings import PROJECT_ROOT
 
     key = settings.api_keys.split(",")[0]
-    url = f"http://127.0.0.1:{port}"
-    log = (settings.data_dir / "service.log").open("ab")
-    proc = subprocess.Popen(_service_cmd(port), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    log = settings.data_dir / "service.log"
+    svc = ServerProcess.decision_service(log, port=port)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _fail(RuntimeError(f"service did not become ready; see {settings.data_dir / 'service.log'}"))
-            time.sleep(1)
+        svc.start()
+    except (RuntimeError, TimeoutError) as err:
+        _fail(RuntimeError(f"service did not become ready ({err}); see {log}"))
+    url = svc.url
+    try:
         members = load_curated(settings, "members")
         member = str(members.loc[members["consent_personalisation"].astype(bool), "member_id"].iloc[0])
         calls = [
@@ -401,10 +417,9 @@ def _serve_and_query(settings: Settings, port: int = 3000) -> None:
             ms = (time.perf_counter() - t) * 1000
             console.print(f"[bold]POST {path}[/bold] {json.dumps(body)} -> {res.status_code} in {ms:.0f} ms")
             console.print_json(res.text)
-        console.print(f"service log: {settings.data_dir / 'service.log'}; run it yourself with `loyalty-ml serve`")
+        console.print(f"service log: {log}; run it yourself with `loyalty-ml serve`")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        svc.stop()
 
 
 @app.command("demo")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from features.store import write_offline_table
 from training.data.ingest import dataset_cutoff, load_curated, read_meta
 from training.data.tiers import tier_from_spend, tier_names
 from training.settings import Settings
@@ -218,19 +219,18 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
         ):
             frames[name].append(df.rename_axis("member_id").reset_index().assign(event_timestamp=t))
 
-    settings.offline_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, parts in frames.items():
         df = pd.concat(parts, ignore_index=True)
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
-        df.to_parquet(settings.offline_dir / f"{name}.parquet", index=False)
+        write_offline_table(settings, name, df)
         counts[name] = len(df)
     consent = members.reset_index()[
         ["member_id", "consent_personalisation", "consent_push", "consent_sms", "consent_email", "consent_updated_at"]
     ]
     consent = consent.rename(columns={"consent_updated_at": "event_timestamp"})
     consent["event_timestamp"] = pd.to_datetime(consent["event_timestamp"]).dt.tz_localize("UTC")
-    consent.to_parquet(settings.offline_dir / "member_consent.parquet", index=False)
+    write_offline_table(settings, "member_consent", consent)
     counts["member_consent"] = len(consent)
     # Batch source behind the push source: seeded with each member's last purchase.
     last = orders.groupby("member_id")["ts"].max()
@@ -243,6 +243,6 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
             "rt_last_purchase_ts": (last.astype("int64") // 10**9).to_numpy(),
         }
     )
-    realtime.to_parquet(settings.offline_dir / "member_realtime.parquet", index=False)
+    write_offline_table(settings, "member_realtime", realtime)
     counts["member_realtime"] = len(realtime)
     return counts

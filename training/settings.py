@@ -20,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class Profile(StrEnum):
     embedded = "embedded"  # one machine, no servers: parquet + SQLite
-    production = "production"  # Redis online store, PostgreSQL registry/tracking
+    production = "production"  # Redis online store; PostgreSQL offline store, registry, tracking, serving state
 
 
 class Settings(BaseSettings):
@@ -33,8 +33,12 @@ class Settings(BaseSettings):
     feast_project: str = "loyalty"
     dataset: str = "simulated"  # simulated | online_retail | complete_journey
 
-    redis_url: str = "127.0.0.1:6379"
-    postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    redis_url: str = "127.0.0.1:6379"  # Feast's connection string: host:port[,password=...,ssl=true]
+    postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # SQLAlchemy URL
+
+    # -- distributed training / scoring (Dask) --------------------------------
+    dask_scheduler: str | None = None  # tcp://host:8786 of a running cluster; unset: a local cluster
+    dask_workers: int = 2  # workers of the local cluster (one thread each)
 
     snapshot_every_days: int = 28  # cadence of feature snapshots in the offline store
     label_window_days: int = 90  # churn label: no purchase in the next N days; CLV horizon
@@ -103,6 +107,22 @@ class Settings(BaseSettings):
     def serving_db(self) -> Path:
         """Durable serving state: decisions, feedback, contacts (SQLite, WAL, fsync per event)."""
         return self.dataset_dir / "serving.db"
+
+    @property
+    def serving_state_url(self) -> str:
+        """SQLAlchemy URL of the serving state (shared by every replica in production)."""
+        if self.profile is Profile.production:
+            return self.postgres_url
+        return f"sqlite:///{self.serving_db}"
+
+    @property
+    def serving_state_prefix(self) -> str:
+        """Table prefix: one PostgreSQL database can hold several datasets' serving state."""
+        return f"serving_{self.dataset}_" if self.profile is Profile.production else ""
+
+    def offline_table(self, name: str) -> str:
+        """PostgreSQL table of one snapshot table on the production profile."""
+        return f"{self.dataset}_{name}"
 
     @property
     def artifact_root(self) -> str:

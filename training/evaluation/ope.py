@@ -77,25 +77,16 @@ def validate_on_simulator(
 
 
 # --------------------------------------------------------------------------- from the service's logs
-def logged_from_service(db_path, reward_event: str = "redemption") -> pd.DataFrame:
-    """Personalised next-best-offer decisions with their propensity, scored candidates and reward.
+def logged_from_service(state, reward_event: str = "redemption") -> pd.DataFrame:
+    """Personalised next-best-offer decisions with their propensity, scored candidates and reward,
+    from a :class:`serving.state.ServingState`.
 
     Reward = 1 when a ``reward_event`` feedback event names the decision and its first offer.
     """
     import json
-    import sqlite3
 
-    with sqlite3.connect(db_path) as db:
-        dec = pd.read_sql_query(
-            "SELECT decision_id, chosen_offer AS action, propensity, payload FROM decisions"
-            " WHERE endpoint = 'next_best_offer' AND personalised = 1 AND chosen_offer IS NOT NULL",
-            db,
-        )
-        fb = pd.read_sql_query(
-            "SELECT DISTINCT decision_id, offer_id FROM feedback WHERE event = ? AND decision_id IS NOT NULL",
-            db,
-            params=(reward_event,),
-        )
+    dec = state.decision_log("next_best_offer")
+    fb = state.events(reward_event)
     rewarded = set(zip(fb["decision_id"], fb["offer_id"], strict=True))
     dec["reward"] = [float((d, a) in rewarded) for d, a in zip(dec["decision_id"], dec["action"], strict=True)]
     dec["candidates"] = dec.pop("payload").map(lambda p: json.loads(p).get("candidates", []))

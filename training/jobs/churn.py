@@ -33,7 +33,11 @@ def run(
     calibration: str = "isotonic",
     params: dict | None = None,
     register_model: bool = True,
+    engine: str = "local",
 ) -> JobResult:
+    """``engine="dask"`` trains the booster data-parallel on the configured Dask cluster."""
+    if engine not in ("local", "dask"):
+        raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
     with job_run(settings, "churn", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
@@ -45,13 +49,22 @@ def run(
                 "train_to": times[-1].date(),
                 "cutoff": ctx.cutoff.date(),
                 "calibration": calibration,
+                "engine": engine,
                 **{f"lgbm_{k}": v for k, v in (params or {}).items()},
             }
         )
         train = with_features(ctx, train_labels, SERVICE)
         test = with_features(ctx, test_labels, SERVICE)
         model = ChurnModel(params=params, calibration=calibration, seed=settings.seed)
-        model.fit(features_only(train), train["churned"].to_numpy(), groups=train["member_id"].to_numpy())
+        fit_args = (features_only(train), train["churned"].to_numpy(), train["member_id"].to_numpy())
+        if engine == "dask":
+            from training.distributed import dask_client
+
+            with dask_client(settings) as client:
+                mlflow.log_param("dask_workers", len(client.scheduler_info()["workers"]))
+                model.fit(*fit_args, dask_client=client)
+        else:
+            model.fit(*fit_args)
         y = test["churned"].to_numpy()
         p, p_raw = model.predict_proba(features_only(test)), model.predict_raw(features_only(test))
         metrics = classification_metrics(y, p)

@@ -1,0 +1,99 @@
+"""Start a server as a child process and wait until it answers: the decision service for the
+demo, the tests and the benchmarks, ``mlflow ui`` for the browser test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_cmd(port: int, host: str = "127.0.0.1") -> list[str]:
+    """``bentoml serve`` of the decision service (settings come from the ``LOYALTY_*`` env)."""
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:LoyaltyDecisionService",
+        "--port",
+        str(port),
+        "--host",
+        host,
+    ]
+
+
+class ServerProcess:
+    """A child process serving HTTP on ``port``; output goes to ``log`` (appended)."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict | None = None, ready_path: str = "/readyz"):
+        self.cmd, self.port, self.log, self.ready_path = cmd, port, Path(log), ready_path
+        self.env = {**os.environ, **(env or {})}
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def decision_service(cls, log: Path, env: dict | None = None, port: int | None = None) -> ServerProcess:
+        port = port or free_port()
+        return cls(service_cmd(port), port, log, env)
+
+    def start(self, timeout: float = 180) -> ServerProcess:
+        """Start and wait until ``ready_path`` answers 200; raise with the log's tail otherwise."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            # own process group: kill() takes the server's workers down with it, as a crash would
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.cmd[:4]} exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"not ready in {timeout:.0f}s: {self.tail()}")
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def stop(self, grace: float = 30) -> None:
+        """Graceful stop (SIGTERM), SIGKILL after ``grace`` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown (crash tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
