@@ -22,16 +22,27 @@ from feast.repo_config import RegistryConfig
 from training.settings import Profile, Settings
 
 
-def repo_config(settings: Settings) -> RepoConfig:
+def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
+    """``serving``: the decision service's client, which must fail fast (it degrades instead):
+    no retries with backoff (redis-py's default takes ~3.5 s to give up on a dead server) and
+    socket timeouts no longer than the service's own read timeout; and the SQL registry
+    refreshed by Feast's background thread, never inside a request (so PostgreSQL being down
+    neither delays nor fails a read: the last good copy stays in use)."""
     if settings.profile is Profile.production:
         registry = SqlRegistryConfig(
             path=settings.postgres_url,
             cache_ttl_seconds=60,
+            cache_mode="thread" if serving else "sync",
             sqlalchemy_config_kwargs={"echo": False, "pool_pre_ping": True},
         )
-        online = RedisOnlineStoreConfig(connection_string=settings.redis_url)
+        redis_url = settings.redis_url
+        if serving and "retry=" not in redis_url:
+            timeout = max(settings.feature_timeout_ms / 1000.0, 0.05)
+            redis_url += f",retry=null,socket_connect_timeout={min(timeout, 0.25)},socket_timeout={timeout}"
+        online = RedisOnlineStoreConfig(connection_string=redis_url)
         offline = postgres_offline_config(settings)
     else:
+        # a local file: Feast re-reads it when its mtime changes, a stat per read
         registry = RegistryConfig(path=str(settings.registry_path), cache_ttl_seconds=60)
         online = SqliteOnlineStoreConfig(path=str(settings.online_store_path))
         offline = {"type": "file"}
@@ -82,8 +93,8 @@ def write_offline_table(settings: Settings, name: str, df: pd.DataFrame) -> None
         engine.dispose()
 
 
-def get_store(settings: Settings) -> FeatureStore:
-    return FeatureStore(config=repo_config(settings), repo_path=str(settings.feature_repo_dir))
+def get_store(settings: Settings, serving: bool = False) -> FeatureStore:
+    return FeatureStore(config=repo_config(settings, serving), repo_path=str(settings.feature_repo_dir))
 
 
 def feast_objects() -> list:

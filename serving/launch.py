@@ -3,8 +3,8 @@ demo, the tests and the benchmarks, ``mlflow ui`` for the browser test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +37,19 @@ def service_cmd(port: int, host: str = "127.0.0.1") -> list[str]:
     ]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (found before the first kill, since orphans
+    are re-parented), and wait until they are gone."""
+    import psutil
+
+    root = psutil.Process(pid)
+    victims = [*root.children(recursive=True), root]
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(victims, timeout=30)
+
+
 class ServerProcess:
     """A child process serving HTTP on ``port``; output goes to ``log`` (appended)."""
 
@@ -55,7 +68,7 @@ class ServerProcess:
         """Start and wait until ``ready_path`` answers 200; raise with the log's tail otherwise."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            # own process group: kill() takes the server's workers down with it, as a crash would
+            # own session: a Ctrl-C meant for the caller does not reach the server
             self.proc = subprocess.Popen(
                 self.cmd, cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -83,13 +96,15 @@ class ServerProcess:
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
 
     def kill(self) -> None:
-        """SIGKILL: no graceful shutdown (crash tests)."""
+        """SIGKILL to the server and every process under it: a crash, no graceful shutdown.
+
+        BentoML's workers start their own sessions, so killing the process group would leave
+        them running (and answering on the inherited socket): walk the process tree instead."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            kill_tree(self.proc.pid)
             self.proc.wait()
 
     def __enter__(self) -> ServerProcess:

@@ -29,7 +29,7 @@ class DecisionRuntime:
         self.state = state or ServingState(
             settings.serving_state_url, settings.pseudonym_key, table_prefix=settings.serving_state_prefix
         )
-        self.store = get_store(settings)
+        self.store = get_store(settings, serving=True)
         self.offers = load_curated(settings, "offers")
         self.item_category = load_curated(settings, "items").set_index("item_id")["category_l1"]
         self.end = pd.Timestamp(read_meta(settings)["end"])

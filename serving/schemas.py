@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Channel = Literal["app", "web", "store", "push", "sms", "email"]
 MemberId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$", description="member id")
+MemberIdItem = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=64)]  # item ids, categories
+MAX_TS = 4_102_444_800  # 2100-01-01: larger timestamps are input errors, not dates
+
+
+def _json_number(v):
+    """JSON types, not Python coercions: `false` or "5" for a number is a 422 (949.0 is an integer)."""
+    if isinstance(v, bool | str | bytes):
+        raise ValueError(f"expected a JSON number, got {type(v).__name__}")
+    return v
+
+
+def json_int(ge: int, le: int):
+    """An integer in [ge, le]; the bounds sit before the JSON-type check so the OpenAPI schema shows them."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_json_number)]
+
+
+UnixTime = json_int(0, MAX_TS)
+Amount = Annotated[float, Field(ge=0, le=1e9), BeforeValidator(_json_number)]
+Timestamp = Field(None, description="decision time, unix seconds (default: now)")
 
 
 class TraceStep(BaseModel):
@@ -95,15 +115,17 @@ class BenefitsResponse(BaseModel):
 
 
 class FeedbackEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     event_id: str = Field(min_length=1, max_length=128, description="client-generated id; resending is idempotent")
     member_id: str = MemberId
     event: Literal["impression", "click", "redemption", "purchase", "opt_out"]
-    ts: int = Field(ge=0, description="unix seconds")
-    offer_id: str | None = None
-    item_id: str | None = None
+    ts: UnixTime = Field(description="unix seconds")
+    offer_id: str | None = Field(None, max_length=64)
+    item_id: str | None = Field(None, max_length=64)
     channel: Channel | None = None
-    decision_id: str | None = None
-    revenue: float | None = Field(None, ge=0)
+    decision_id: str | None = Field(None, max_length=64)
+    revenue: Amount | None = None
 
 
 class FeedbackAck(BaseModel):

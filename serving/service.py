@@ -6,6 +6,7 @@ bentoml serve serving.service:LoyaltyDecisionService      # OpenAPI / Swagger UI
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 
 import bentoml
@@ -20,8 +21,13 @@ from serving.schemas import (
     FeedbackAck,
     FeedbackEvent,
     MemberId,
+    MemberIdItem,
+    Name,
     NextBestOfferResponse,
     RecommendationsResponse,
+    Timestamp,
+    UnixTime,
+    json_int,
 )
 from serving.state import StateUnavailable
 from training.settings import get_settings
@@ -32,11 +38,13 @@ DOC_PATHS = ("/", "/docs.json", "/static_content")
 
 class ApiKeyMiddleware:
     """401 without a valid ``X-API-Key`` (or ``Authorization: Bearer``) on every path but health/docs;
-    request-validation errors (BentoML answers 400) become 422 with BentoML's message."""
+    request-validation errors (BentoML answers 400) become 422 with BentoML's message; ``/docs.json``
+    is the complete OpenAPI 3.1 document (:mod:`serving.openapi`)."""
 
     def __init__(self, app, keys: str):
         self.app = app
         self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
+        self._spec: bytes | None = None
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
@@ -46,19 +54,17 @@ class ApiKeyMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path == "/docs.json" and method == "GET":
+            return await self._send_json(send, 200, self._openapi())
         if path in OPEN_PATHS or (method == "GET" and (path in DOC_PATHS or path.startswith("/static_content"))):
             return await self.app(scope, receive, send)
-        if not self._authorised(dict(scope.get("headers", []))):
-            body = b'{"error":"missing or invalid API key (X-API-Key header)"}'
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                }
+        headers = dict(scope.get("headers", []))
+        if not self._authorised(headers):
+            return await self._send_json(send, 401, b'{"error":"missing or invalid API key (X-API-Key header)"}')
+        if method == "POST" and not headers.get(b"content-type", b"application/json").startswith(b"application/json"):
+            return await self._send_json(
+                send, 415, b'{"error":"request bodies are JSON: Content-Type: application/json"}'
             )
-            await send({"type": "http.response.body", "body": body})
-            return None
 
         async def remap(message):
             if message["type"] == "http.response.start" and message["status"] == 400 and method == "POST":
@@ -67,9 +73,25 @@ class ApiKeyMiddleware:
 
         return await self.app(scope, receive, remap)
 
+    def _openapi(self) -> bytes:
+        if self._spec is None:
+            from serving.openapi import full_spec
+
+            self._spec = json.dumps(full_spec(LoyaltyDecisionService)).encode()
+        return self._spec
+
+    @staticmethod
+    async def _send_json(send, status: int, body: bytes) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
 
 @bentoml.service(
-    name="loyalty_decisions", traffic={"timeout": 30, "max_concurrency": 256}, workers=get_settings().serving_workers
+    name="loyalty_decisions",
+    traffic={"timeout": 30, "max_concurrency": 256},
+    workers=get_settings().serving_workers,
+    threads=get_settings().serving_threads,
 )
 class LoyaltyDecisionService:
     """Next-best-offer, personalised benefits, churn risk and recommendations for loyalty members."""
@@ -86,8 +108,8 @@ class LoyaltyDecisionService:
         self,
         member_id: str = MemberId,
         channel: Channel = "app",
-        ts: int | None = Field(None, ge=0, description="decision time, unix seconds (default: now)"),
-        max_results: int = Field(3, ge=1, le=20),
+        ts: UnixTime | None = Timestamp,
+        max_results: json_int(1, 20) = 3,
         category: str | None = Field(None, max_length=64, description="current category page: only its offers"),
         store_id: str | None = Field(None, max_length=64, description="store of the request (logged with it)"),
         region: str | None = Field(None, max_length=64, description="region of the request (logged with it)"),
@@ -101,28 +123,31 @@ class LoyaltyDecisionService:
     @bentoml.api
     def next_best_offer_batch(
         self,
-        member_ids: list[str] = Field(min_length=1, max_length=1000),
+        member_ids: list[MemberIdItem] = Field(min_length=1, max_length=100),
         channel: Channel = "app",
-        ts: int | None = Field(None, ge=0),
-        max_results: int = Field(1, ge=1, le=20),
+        ts: UnixTime | None = Timestamp,
+        max_results: json_int(1, 20) = 1,
     ) -> list[NextBestOfferResponse]:
         """The same decision for a campaign list (no budget; see ``loyalty-ml score-batch`` for one)."""
         return [NextBestOfferResponse(**self.runtime.next_best_offer(m, channel, ts, max_results)) for m in member_ids]
 
     @bentoml.api
     def personalized_benefits(
-        self, member_id: str = MemberId, max_results: int = Field(5, ge=1, le=50), ts: int | None = Field(None, ge=0)
+        self,
+        member_id: str = MemberId,
+        max_results: json_int(1, 50) = 5,
+        ts: UnixTime | None = Timestamp,
     ) -> BenefitsResponse:
         """Benefits catalogue ranked for the member (CF affinity, spend, dimension fit, cost), eligible only."""
         return BenefitsResponse(**self.runtime.personalized_benefits(member_id, max_results, ts))
 
     @bentoml.api
-    def churn_risk(self, member_id: str = MemberId, ts: int | None = Field(None, ge=0)) -> ChurnRiskResponse:
+    def churn_risk(self, member_id: str = MemberId, ts: UnixTime | None = Timestamp) -> ChurnRiskResponse:
         """Calibrated churn probability, band, top drivers, health quadrant and suggested action."""
         return ChurnRiskResponse(**self.runtime.churn_risk([member_id], ts)[0])
 
     @bentoml.api(batchable=True, max_batch_size=512, max_latency_ms=50)
-    def churn_risk_batch(self, member_ids: list[str]) -> list[ChurnRiskResponse]:
+    def churn_risk_batch(self, member_ids: list[MemberIdItem]) -> list[ChurnRiskResponse]:
         """Many members at once; concurrent calls are merged by BentoML's adaptive batching."""
         return [ChurnRiskResponse(**r) for r in self.runtime.churn_risk([str(m) for m in member_ids], None)]
 
@@ -130,11 +155,11 @@ class LoyaltyDecisionService:
     def recommendations(
         self,
         member_id: str = MemberId,
-        k: int = Field(10, ge=1, le=100),
-        include_categories: list[str] | None = None,
-        exclude_categories: list[str] | None = None,
-        history: list[str] | None = Field(None, max_length=500, description="items of a new member (fold-in)"),
-        ts: int | None = Field(None, ge=0),
+        k: json_int(1, 100) = 10,
+        include_categories: list[Name] | None = Field(None, max_length=50),
+        exclude_categories: list[Name] | None = Field(None, max_length=50),
+        history: list[Name] | None = Field(None, max_length=500, description="items of a new member (fold-in)"),
+        ts: UnixTime | None = Timestamp,
     ) -> RecommendationsResponse:
         """Top-k items from the CF champion, owned items excluded, category filters applied."""
         return RecommendationsResponse(

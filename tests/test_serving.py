@@ -4,6 +4,7 @@ models the training tests registered and the features the pipeline fixture mater
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -449,3 +450,40 @@ def test_opt_out_is_honoured_at_once(service, members):
     rec = service.post("/recommendations", {"member_id": m["member_id"], "k": 3}).json()
     assert "no personalisation consent" in rec["source"]
     assert not service.post("/personalized_benefits", {"member_id": m["member_id"]}).json()["personalised"]
+
+
+def test_openapi_document_keeps_nullability_security_and_error_statuses(service):
+    spec = httpx.get(service.url + "/docs.json", timeout=10).json()
+    assert spec["openapi"].startswith("3.1") and "ApiKey" in spec["components"]["securitySchemes"]
+    op = spec["paths"]["/next_best_offer"]["post"]
+    assert {"200", "401", "415", "422", "503"} <= set(op["responses"])
+    body = op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"type": "null"} in body["ts"]["anyOf"]  # BentoML's own generator drops the null branch
+    assert service.post("/next_best_offer", {"member_id": "M1", "ts": False}).status_code == 422
+    assert service.post("/next_best_offer", {"member_id": "M1", "ts": 1.0e9}).status_code == 200  # 1e9 is an integer
+    bad_type = httpx.post(
+        service.url + "/churn_risk",
+        content=b"member_id=M1",
+        headers={"X-API-Key": KEY, "Content-Type": "multipart/form-data"},
+        timeout=10,
+    )
+    assert bad_type.status_code == 415 and "application/json" in bad_type.json()["error"]
+
+
+def test_schemathesis_fuzzing_finds_no_server_error_or_schema_violation(service, tmp_path):
+    """Every operation of the OpenAPI document, with the API key, every schemathesis check:
+    no 5xx, responses match their schemas, invalid input is rejected and valid input accepted,
+    and calls without the key are refused. Last in this module: it feeds the state random events."""
+    report = tmp_path / "schemathesis.txt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", service.url + "/docs.json"]
+        + ["-H", f"X-API-Key: {KEY}", "--checks", "all", "--max-examples", "25", "--workers", "1"]
+        + ["--request-timeout", "60", "--seed", "20261123", "--no-color"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    report.write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    tested = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
+    assert tested and int(tested.group(1)) >= 300 and tested.group(1) == tested.group(2), proc.stdout[-2000:]

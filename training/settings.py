@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # simulated worlds live in the past); production deployments set "wall"
     serving_clock: str = "dataset"
     serving_workers: int = 1  # BentoML worker processes (each holds the models and a store client)
+    # requests one worker handles at once (BentoML runs sync APIs on this many threads; its
+    # default of 1 queues every request behind a slow store read)
+    serving_threads: int = 8
 
     # -- derived locations -------------------------------------------------
     @property
