@@ -9,6 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
+import bentoml
 import numpy as np
 import pandas as pd
 
@@ -19,6 +20,10 @@ from training.data.ingest import load_curated, read_meta
 from training.settings import Settings
 
 log = logging.getLogger("loyalty.serving")
+# on /metrics: decisions answered while the state store was down, so missing from the audit/OPE log
+DECISION_LOG_FAILURES = bentoml.metrics.Counter(
+    name="loyalty_decision_log_failures", documentation="decisions answered but not logged (state store down)"
+)
 CONTACT_CHANNELS = ("push", "sms", "email")  # need channel consent; app/web/store are member-initiated
 WEEK_S = 7 * 86400
 
@@ -36,7 +41,6 @@ class DecisionRuntime:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
         self.rng = np.random.default_rng()
         self.models: dict = {}
-        self.decision_log_failures = 0
         self.model_versions: dict[str, str] = {}
         self.model_errors: dict[str, str] = {}
         if load_models:
@@ -496,7 +500,7 @@ class DecisionRuntime:
                 },
             )
         except StateUnavailable as err:  # the answer stands; the audit log has a gap, which is counted
-            self.decision_log_failures += 1
+            DECISION_LOG_FAILURES.inc()
             log.warning("decision %s not logged: %s", answer["decision_id"], err)
         answer.pop("context", None)
         answer.pop("candidates", None)

@@ -482,6 +482,7 @@ def test_schemathesis_fuzzing_finds_no_server_error_or_schema_violation(service,
         capture_output=True,
         text=True,
         timeout=900,
+        cwd=tmp_path,  # its cache directory goes there, not into the checkout
     )
     report.write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-6000:]
