@@ -9,9 +9,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import bentoml
 import numpy as np
 import pandas as pd
+from prometheus_client import Counter
 
 from features.store import get_store, serving_features
 from serving import decisions
@@ -21,7 +21,7 @@ from training.settings import Settings
 
 log = logging.getLogger("loyalty.serving")
 # on /metrics: decisions answered while the state store was down, so missing from the audit/OPE log
-DECISION_LOG_FAILURES = bentoml.metrics.Counter(
+DECISION_LOG_FAILURES = Counter(
     name="loyalty_decision_log_failures", documentation="decisions answered but not logged (state store down)"
 )
 CONTACT_CHANNELS = ("push", "sms", "email")  # need channel consent; app/web/store are member-initiated
