@@ -77,7 +77,7 @@ class ChurnModel:
         fit_idx, cal_idx = next(split.split(M, y, groups))
         params = DEFAULT_PARAMS | self.params
         if dask_client is not None:
-            from training.distributed import fit_lgbm_classifier
+            from models.dask_lgbm import fit_lgbm_classifier
 
             self.booster_ = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
         else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 
 class StateUnavailable(RuntimeError):
@@ -122,24 +122,37 @@ class ServingState:
         # (only an OS crash can lose the last ones); feedback keeps FULL: fsync before the answer
         self._log_db = _engine(url, "NORMAL") if url.startswith("sqlite") else self._db
         with _db_errors():
-            self._md.create_all(self._db)
-            self._recount_redemptions()
+            try:
+                self._md.create_all(self._db)
+            except (IntegrityError, ProgrammingError):  # another replica created them at the same moment
+                self._md.create_all(self._db)
+            self._backfill_redemption_counters()
 
     # ------------------------------------------------------------------ helpers
     def member_key(self, member_id: str) -> str:
         return pseudonymise(member_id, self.key)
 
-    def _recount_redemptions(self) -> None:
-        """Counters from the events (startup; also upgrades a database written before they existed)."""
+    def _backfill_redemption_counters(self) -> None:
+        """Counters for a database written before they existed (empty counters, some redemptions).
+
+        Never a recount of a live table: replicas starting while others count would lose
+        increments. Two replicas backfilling at once: the second's insert conflicts, and is moot."""
         f, r = self.feedback_table, self.redemptions
+        with self._db.connect() as conn:
+            has_counters = conn.execute(sa.select(r.c.offer_id).limit(1)).first() is not None
+            has_redemptions = conn.execute(sa.select(f.c.seq).where(f.c.event == "redemption").limit(1)).first()
+        if has_counters or has_redemptions is None:
+            return
         counts = (
             sa.select(f.c.offer_id, sa.func.count())
             .where(f.c.event == "redemption", f.c.offer_id.is_not(None))
             .group_by(f.c.offer_id)
         )
-        with self._db.begin() as conn:
-            conn.execute(r.delete())
-            conn.execute(r.insert().from_select(["offer_id", "redeemed"], counts))
+        try:
+            with self._db.begin() as conn:
+                conn.execute(r.insert().from_select(["offer_id", "redeemed"], counts))
+        except IntegrityError:
+            pass
 
     # ------------------------------------------------------------------ writes
     def log_decision(

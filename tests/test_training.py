@@ -170,6 +170,41 @@ def test_a_failed_or_interrupted_job_registers_nothing(settings, trained, monkey
     assert set(runs["status"]) <= {"FAILED", "KILLED"}
 
 
+def test_ctrl_c_to_a_real_training_process_leaves_the_registry_as_it_was(settings, trained, tmp_path):
+    """SIGINT to ``loyalty-ml train churn`` while it runs (features, fit or registration):
+    the process stops, its run is marked failed/killed, no version appears, aliases stand."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    configure(settings)
+    client = MlflowClient()
+    name = settings.model_name("churn")
+    before = {v.version for v in client.search_model_versions(f"name='{name}'")}
+    champion = alias_version(client, name, CHAMPION)
+    started_runs = len(mlflow.search_runs(filter_string="tags.job = 'churn'"))
+    log = (tmp_path / "train.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "train", "churn"],
+        env={**os.environ, "LOYALTY_DATA_DIR": str(settings.data_dir)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while len(mlflow.search_runs(filter_string="tags.job = 'churn'")) == started_runs:  # its run has begun
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the job
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) != 0
+    after = {v.version for v in client.search_model_versions(f"name='{name}'")}
+    assert after == before and alias_version(client, name, CHAMPION) == champion
+    latest = mlflow.search_runs(filter_string="tags.job = 'churn'", order_by=["attributes.start_time DESC"])
+    assert latest["status"].iloc[0] in {"FAILED", "KILLED"}
+
+
 def test_cli_train_and_models_commands(settings, trained):
     from typer.testing import CliRunner
 

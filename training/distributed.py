@@ -4,6 +4,8 @@ Why Dask: Feast's file offline store already runs its point-in-time joins on Das
 LightGBM ships a Dask estimator (``lightgbm.DaskLGBMClassifier``, data-parallel training
 over the workers' partitions) — one engine for both, plain Python workers, no JVM.
 
+The distributed fit itself is :func:`models.dask_lgbm.fit_lgbm_classifier`.
+
 ``settings.dask_scheduler`` unset: a local cluster of ``settings.dask_workers`` processes.
 Set (``tcp://scheduler:8786``): the same code runs on that cluster; its workers need this
 package installed and read the feature store with the same settings.
@@ -40,21 +42,6 @@ def dask_client(settings: Settings) -> Iterator:
         Client(cluster) as client,
     ):
         yield client
-
-
-def fit_lgbm_classifier(client, X: pd.DataFrame, y: np.ndarray, params: dict, seed: int):
-    """Data-parallel LightGBM over the cluster's workers; returns a local ``LGBMClassifier``
-    (same predict API as single-process training), so nothing downstream changes."""
-    import dask.dataframe as dd
-    import lightgbm as lgb
-
-    n_workers = max(1, len(client.scheduler_info()["workers"]))
-    Xd = dd.from_pandas(X.reset_index(drop=True), npartitions=n_workers)
-    yd = dd.from_pandas(pd.Series(np.asarray(y), name="y"), npartitions=n_workers)
-    Xd, yd = client.persist([Xd, yd])
-    model = lgb.DaskLGBMClassifier(client=client, random_state=seed, **params)
-    model.fit(Xd, yd)
-    return model.to_local()
 
 
 def _apply(partition: pd.DataFrame, fn) -> pd.DataFrame:
