@@ -56,3 +56,18 @@ def test_bad_engine_is_a_clear_error(dask_settings):
 
     with pytest.raises(ValueError, match="engine must be 'local' or 'dask'"):
         churn_scores(dask_settings, "spark")
+
+
+def test_score_churn_cli_writes_every_member_and_rejects_a_bad_engine(settings, trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    out = tmp_path / "scores.parquet"
+    res = CliRunner().invoke(app, ["score-churn", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    scores = pd.read_parquet(out)
+    assert scores["member_id"].is_unique and len(scores) > 1000
+    assert {"churn_probability", "risk_band", "top_driver", "suggested_action"} <= set(scores.columns)
+    bad = CliRunner().invoke(app, ["score-churn", "--engine", "spark", "--out", str(out)])
+    assert bad.exit_code == 2 and "engine must be 'local' or 'dask'" in bad.output
