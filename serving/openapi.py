@@ -2,7 +2,7 @@
 
 BentoML 1.4 generates the spec from the same pydantic models, but flattens every
 ``X | None`` to ``X`` (its ``_flatten_field`` keeps the first ``anyOf`` branch) and
-documents neither the API-key scheme nor the 401/422/503 answers this service gives.
+documents neither the API-key scheme nor the 401/415/422/503 answers this service gives.
 This rebuilds each operation's request and response schemas from the pydantic models as
 OpenAPI 3.1 (JSON Schema, nullability kept) and adds the security scheme and statuses.
 """
@@ -49,6 +49,7 @@ def _io(func) -> tuple[TypeAdapter, TypeAdapter]:
 
 
 def full_spec(service_cls) -> dict:
+    """BentoML's document for ``service_cls`` with every operation's schemas, security and statuses."""
     spec = copy.deepcopy(service_cls.openapi_spec.asdict())
     spec["openapi"] = "3.1.0"
     components = spec.setdefault("components", {})

@@ -283,7 +283,7 @@ def test_feedback_survives_a_restart_and_is_idempotent(settings, trained, tmp_pa
     try:
         assert svc.post("/feedback", {"events": events}).json()["stored"] == 50
     finally:
-        svc.kill()  # SIGKILL to the whole process group: no graceful shutdown
+        svc.kill()  # SIGKILL to the whole process tree: no graceful shutdown
     svc = Service(settings, tmp_path / "restart2.log").start()
     try:
         again = svc.post("/feedback", {"events": events[:10]}).json()
