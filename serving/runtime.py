@@ -134,18 +134,23 @@ class DecisionRuntime:
         """Opt-out, contacts this week and redeemed offers; None if the state store is down
         (callers then assume opted out and nothing left to offer: never the unsafe side)."""
         try:
-            return {
-                "opted_out": self.state.opted_out(member_id),
-                "contacts": self.state.contacts_since(member_id, ts - WEEK_S),
-                "redeemed": self.state.redeemed_offers(member_id),
-                "stock": self.stock_left(),
-            }
+            snap = self.state.member_snapshot(member_id, ts - WEEK_S)
         except StateUnavailable as err:
             log.warning("%s", err)
             return None
+        return {
+            "opted_out": snap["opted_out"],
+            "contacts": snap["contacts"],
+            "redeemed": snap["redeemed"],
+            "stock": self._stock(snap["redemptions_by_offer"]),
+        }
 
     def stock_left(self) -> pd.Series:
-        used = pd.Series(self.state.redemptions_by_offer(), dtype=float)
+        return self._stock(self.state.redemptions_by_offer())
+
+    def _stock(self, redemptions_by_offer: dict[str, int]) -> pd.Series:
+        """Catalogue stock minus redemptions, per offer."""
+        used = pd.Series(redemptions_by_offer, dtype=float)
         base = self.offers.set_index("offer_id")["stock"].astype(float)
         return base - used.reindex(base.index).fillna(0)
 

@@ -232,15 +232,27 @@ class ServingState:
         with _db_errors(), self._db.connect() as conn:
             return conn.execute(stmt).all()
 
-    def contacts_since(self, member_id: str, since_ts: int) -> dict[str, int]:
-        """Impressions per channel since ``since_ts`` (what the contact caps count)."""
-        f = self.feedback_table
-        stmt = (
-            sa.select(f.c.channel, sa.func.count())
-            .where(f.c.member_key == self.member_key(member_id), f.c.event == "impression", f.c.ts >= int(since_ts))
-            .group_by(f.c.channel)
+    def member_snapshot(self, member_id: str, since_ts: int) -> dict:
+        """What one decision checks, read on one connection (the request's hot path): opt-out,
+        impressions per channel since ``since_ts`` (the contact caps), offers redeemed, and
+        redemptions per offer (stock)."""
+        f, r = self.feedback_table, self.redemptions
+        events = sa.select(f.c.event, f.c.channel, f.c.offer_id).where(
+            f.c.member_key == self.member_key(member_id),
+            sa.or_(
+                f.c.event.in_(["opt_out", "redemption"]),
+                sa.and_(f.c.event == "impression", f.c.ts >= int(since_ts)),
+            ),
         )
-        return {ch: n for ch, n in self._all(stmt)}
+        with _db_errors(), self._db.connect() as conn:
+            rows = conn.execute(events).all()
+            used = conn.execute(sa.select(r.c.offer_id, r.c.redeemed)).all()
+        return {
+            "opted_out": any(event == "opt_out" for event, _, _ in rows),
+            "contacts": dict(Counter(channel for event, channel, _ in rows if event == "impression")),
+            "redeemed": {offer for event, _, offer in rows if event == "redemption" and offer},
+            "redemptions_by_offer": {o: int(n) for o, n in used},
+        }
 
     def opted_out(self, member_id: str) -> bool:
         f = self.feedback_table

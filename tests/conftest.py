@@ -25,6 +25,23 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_MEMBERS = 4000  # large enough for the uplift-vs-propensity comparison to be stable
 
 
+def run_cli(env: dict, *args: str, timeout: int = 600) -> str:
+    """``loyalty-ml ARGS`` in a subprocess with ``env`` on top of this one's; must succeed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, f"loyalty-ml {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
 def reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):

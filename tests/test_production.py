@@ -7,9 +7,6 @@ see each other's registry, runs or serving state.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 
 import httpx
@@ -18,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from serving.launch import ServerProcess
-from tests.conftest import reachable
+from tests.conftest import reachable, run_cli
 from training.settings import Profile, Settings
 
 pytestmark = [
@@ -31,18 +28,6 @@ pytestmark = [
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MEMBERS = 1500
 KEY = "prod-key"
-
-
-def _cli(env: dict, *args: str, timeout: int = 600) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"loyalty-ml {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 def _admin(sql: str) -> None:
@@ -75,13 +60,13 @@ def prod(tmp_path_factory):
         feast_project=env["LOYALTY_FEAST_PROJECT"],
     )
     try:
-        _cli(env, "data", "simulate", "--members", str(MEMBERS))
-        _cli(env, "data", "validate")
-        _cli(env, "features", "build")
-        _cli(env, "features", "apply")
-        _cli(env, "features", "materialize")
+        run_cli(env, "data", "simulate", "--members", str(MEMBERS))
+        run_cli(env, "data", "validate")
+        run_cli(env, "features", "build")
+        run_cli(env, "features", "apply")
+        run_cli(env, "features", "materialize")
         for job in ("cf", "churn", "uplift"):
-            _cli(env, "train", job)
+            run_cli(env, "train", job)
         yield {"env": env, "settings": settings, "db": db}
     finally:
         from features.store import get_store
@@ -119,7 +104,7 @@ def test_point_in_time_features_from_postgresql_equal_the_parquet_ones(prod):
     settings = prod["settings"]
     embedded = settings.model_copy(update={"profile": Profile.embedded})
     # a file registry on the same data dir (its FileSources point at this run's parquet files)
-    _cli({**prod["env"], "LOYALTY_PROFILE": "embedded"}, "features", "apply")
+    run_cli({**prod["env"], "LOYALTY_PROFILE": "embedded"}, "features", "apply")
     snaps = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")[["member_id", "event_timestamp"]]
     entity = snaps.sample(300, random_state=3).reset_index(drop=True)
     # between snapshots, and before a member's first one: as-of joins and nulls both exercised
@@ -159,7 +144,7 @@ def test_models_logged_and_loaded_through_the_postgresql_tracking_store(prod):
     run = client.get_run(version.run_id)
     assert run.data.metrics["roc_auc"] > 0.8
     assert hasattr(churn, "predict_proba")
-    _cli(prod["env"], "models", "list")
+    run_cli(prod["env"], "models", "list")
 
 
 def test_service_serves_from_redis_and_keeps_state_in_postgresql(prod, tmp_path):

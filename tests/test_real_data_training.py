@@ -3,26 +3,18 @@ repo binds one dataset per process). Skipped when ../shared/data is absent."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 
+from tests.conftest import run_cli
 from training.settings import Settings
 from training.tracking import configure
 
-CLI = [sys.executable, "-m", "training.cli"]
-
 
 def _cli(data_dir: Path, dataset: str, *args: str, timeout: int = 600) -> str:
-    env = {**os.environ, "LOYALTY_DATA_DIR": str(data_dir), "LOYALTY_DATASET": dataset, "LOYALTY_TUNING_TRIALS": "2"}
-    proc = subprocess.run(
-        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1]
-    )
-    assert proc.returncode == 0, f"{args}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+    env = {"LOYALTY_DATA_DIR": str(data_dir), "LOYALTY_DATASET": dataset, "LOYALTY_TUNING_TRIALS": "2"}
+    return run_cli(env, *args, timeout=timeout)
 
 
 def _prepare(data_dir: Path, dataset: str) -> None:

@@ -43,6 +43,15 @@ def test_feedback_is_idempotent_and_counters_follow_new_events_only(tmp_path):
             assert state.add_feedback([_event(1), _event(4)]) == (1, 1), name
             assert state.redemptions_by_offer() == {"O1": 2, "O2": 1}, name
             assert state.redeemed_offers("m1") == {"O1", "O2"} and state.count("feedback") == 4, name
+            state.add_feedback([_event(10, "impression") | {"channel": "push"}, _event(11, "opt_out")])
+            snap = state.member_snapshot("m1", since_ts=105)  # e3's impression (ts 103) is older
+            assert snap == {
+                "opted_out": True,
+                "contacts": {"push": 1},
+                "redeemed": {"O1", "O2"},
+                "redemptions_by_offer": {"O1": 2, "O2": 1},
+            }, name
+            assert state.member_snapshot("m2", 0)["opted_out"] is False
         finally:
             if prefix:
                 _drop(prefix)
