@@ -187,22 +187,22 @@ class Traffic:
         """One impression event, resent (same id) on 503 or a connection error until acknowledged."""
         event = {"event_id": uuid.uuid4().hex, "member_id": member, "event": "impression", "channel": "app"}
         event["ts"] = 1_750_000_000
-        attempts, statuses, end = 0, [], time.monotonic() + deadline_s
+        attempts, last, end = 0, None, time.monotonic() + deadline_s
         while time.monotonic() < end:
             attempts += 1
             try:
                 res = self.client.post(self.url + "/feedback", json={"events": [event]})
-                statuses.append(res.status_code)
+                last = res.status_code
                 if res.status_code == 200:
                     with self._lock:
                         self.events_sent[event["event_id"]] = attempts
-                    return {"status": 200, "attempts": attempts, "retried_statuses": statuses[:-1]}
+                    return {"status": 200, "attempts": attempts}
             except httpx.HTTPError as err:
-                statuses.append(type(err).__name__)
+                last = type(err).__name__
             time.sleep(0.5)
         with self._lock:
             self.events_sent[event["event_id"]] = -attempts  # never acknowledged
-        return {"status": statuses[-1] if statuses else None, "attempts": attempts, "error": "not acknowledged"}
+        return {"status": last, "attempts": attempts, "error": "not acknowledged"}
 
     def run(self, seconds: float, schedule: dict[float, callable] | None = None) -> None:
         """Send for ``seconds``; ``schedule`` maps a second to an action (a fault) run then."""

@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Channel = Literal["app", "web", "store", "push", "sms", "email"]
-MemberId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$", description="member id")
-MemberIdItem = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")]
+_MEMBER_ID_RULES = {"min_length": 1, "max_length": 64, "pattern": r"^[A-Za-z0-9_\-.:]+$"}
+MemberId = Field(**_MEMBER_ID_RULES, description="member id")  # a member_id parameter
+MemberIdItem = Annotated[str, Field(**_MEMBER_ID_RULES)]  # an element of a list of member ids
 Name = Annotated[str, Field(min_length=1, max_length=64)]  # item ids, categories
 MAX_TS = 4_102_444_800  # 2100-01-01: larger timestamps are input errors, not dates
 
