@@ -142,7 +142,7 @@ def build_world(env: dict, members: int) -> None:
     ]
     for args in steps:
         proc = subprocess.run(
-            [sys.executable, "-m", "training.cli", *args], env={**os.environ, **env}, capture_output=True, text=True
+            [sys.executable, "-m", "cli", *args], env={**os.environ, **env}, capture_output=True, text=True
         )
         if proc.returncode:
             raise RuntimeError(f"loyalty-ml {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

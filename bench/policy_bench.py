@@ -25,12 +25,12 @@ def main() -> None:
 
     import pandas as pd
 
+    from kernel.curated import load_curated
+    from kernel.settings import Settings
     from serving.runtime import DecisionRuntime
-    from training.data.ingest import load_curated
     from training.evaluation.policy import compare_policies, true_value
-    from training.settings import get_settings
 
-    settings = get_settings()
+    settings = Settings()
     runtime = DecisionRuntime(settings)
     ids = load_curated(settings, "members")["member_id"].head(args.members).tolist()
     pairs, skipped = runtime.score_batch(ids, None)

@@ -51,11 +51,11 @@ def main() -> None:
     import mlflow
     import pandas as pd
 
+    from kernel.settings import Settings
     from training.jobs import JOBS
-    from training.settings import get_settings
     from training.tracking import configure
 
-    settings = get_settings()
+    settings = Settings()
     configure(settings)
     summary = []
     for job, metrics in KEY_METRICS.items():

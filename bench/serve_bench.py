@@ -40,8 +40,8 @@ def floor(settings, member_ids: list[str], n: int = 300) -> tuple[float, float]:
     """Bare Feast online read of the service's features + the uplift model over every offer."""
 
     from features.store import get_store, serving_feature_refs
+    from kernel.curated import load_curated
     from models.uplift import pair_features
-    from training.data.ingest import load_curated
     from training.registry import load_estimator
     from training.tracking import configure
 
@@ -133,10 +133,10 @@ def main() -> None:
     ap.add_argument("--batch-members", type=int, default=2000)
     args = ap.parse_args()
 
-    from training.data.ingest import load_curated
-    from training.settings import get_settings
+    from kernel.curated import load_curated
+    from kernel.settings import Settings
 
-    settings = get_settings()
+    settings = Settings()
     members = load_curated(settings, "members")["member_id"].tolist()
     rng = np.random.default_rng(7)
     sample = rng.choice(members, size=min(500, len(members)), replace=False).tolist()

@@ -1,15 +1,13 @@
-"""Entry point for the ``feast`` CLI: re-exports every object once (see .feastignore)."""
+"""Entry point for the ``feast`` CLI (see .feastignore): the objects of :mod:`features.repo`, built
+from the spec that ``loyalty-ml features apply`` rendered into feature_store.yaml beside this file.
 
-from features.entities import member  # noqa: F401
-from features.on_demand import request_recency, request_time  # noqa: F401
-from features.services import churn_v1, member_online_v1, offer_v1  # noqa: F401
-from features.sources import member_events_push  # noqa: F401
-from features.views import (  # noqa: F401
-    member_affinity,
-    member_consent,
-    member_engagement,
-    member_points,
-    member_profile,
-    member_realtime,
-    member_rfm,
-)
+The project itself never imports this module; it builds the objects from its settings.
+"""
+
+from pathlib import Path
+
+from features.repo import feast_objects
+from features.repo_spec import RepoSpec
+
+for _obj in feast_objects(RepoSpec.from_feature_store_yaml(Path(__file__).with_name("feature_store.yaml"))):
+    globals()[_obj.name] = _obj

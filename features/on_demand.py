@@ -1,28 +1,39 @@
 """Request-time features."""
 
+from __future__ import annotations
+
+import types
+
 import pandas as pd
-from feast import Field, RequestSource
-from feast.on_demand_feature_view import on_demand_feature_view
+from feast import FeatureView, Field, RequestSource
+from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
 from feast.types import Float64, Int64
 
-from features.views import member_realtime, member_rfm
 
-request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=Int64)])
-
-
-@on_demand_feature_view(
-    sources=[member_rfm, member_realtime, request_time],
-    schema=[Field(name="days_since_last_purchase", dtype=Float64)],
-    mode="pandas",
-    description="Days since the last purchase at request time, counting purchases pushed in real time.",
-)
 def request_recency(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The on-demand transformation (Feast names the view after this function)."""
     # Feast runs this function from the registry without its module's globals: import inside
     import pandas as pd
 
     from features.on_demand import days_since_last_purchase
 
     return pd.DataFrame({"days_since_last_purchase": days_since_last_purchase(inputs)})
+
+
+def request_recency_view(member_rfm: FeatureView, member_realtime: FeatureView) -> OnDemandFeatureView:
+    request_time = RequestSource(name="request_time", schema=[Field(name="request_ts", dtype=Int64)])
+    return on_demand_feature_view(
+        sources=[member_rfm, member_realtime, request_time],
+        schema=[Field(name="days_since_last_purchase", dtype=Float64)],
+        mode="pandas",
+        description="Days since the last purchase at request time, counting purchases pushed in real time.",
+    )(_copy(request_recency))
+
+
+def _copy(fn: types.FunctionType) -> types.FunctionType:
+    """A fresh function object: Feast's decorator re-labels the function it wraps as ``__main__``
+    (for dill), which would break the next view built from the same function."""
+    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def days_since_last_purchase(inputs: pd.DataFrame) -> pd.Series:

@@ -19,7 +19,12 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
-from training.settings import Profile, Settings
+from features.on_demand import days_since_last_purchase
+from features.repo import feast_objects
+from features.repo_spec import SPEC_KEY, RepoSpec
+from features.views import NO_TTL_VIEWS
+from kernel.constants import MEMBER_ID, ONLINE_FEATURE_SERVICE
+from kernel.settings import Profile, Settings
 
 
 def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
@@ -97,20 +102,9 @@ def get_store(settings: Settings, serving: bool = False) -> FeatureStore:
     return FeatureStore(config=repo_config(settings, serving), repo_path=str(settings.feature_repo_dir))
 
 
-def feast_objects() -> list:
-    """Every Feast object the repo defines, read from the module the ``feast`` CLI uses."""
-    from feast import Entity, FeatureService
-    from feast.base_feature_view import BaseFeatureView
-    from feast.data_source import DataSource
-
-    from features import definitions
-
-    kinds = (Entity, DataSource, BaseFeatureView, FeatureService)
-    return [obj for obj in vars(definitions).values() if isinstance(obj, kinds)]
-
-
 def write_feature_store_yaml(settings: Settings) -> None:
-    """Render feature_store.yaml for the ``feast`` CLI from the same settings."""
+    """Render feature_store.yaml for the ``feast`` CLI from the same settings, with the spec
+    its definitions are built from (:mod:`features.definitions`)."""
     cfg = repo_config(settings)
     doc = {
         "project": cfg.project,
@@ -120,18 +114,16 @@ def write_feature_store_yaml(settings: Settings) -> None:
         "online_store": cfg.online_store.model_dump(mode="json", exclude_none=True),
         "offline_store": cfg.offline_store.model_dump(mode="json", exclude_none=True),
         "entity_key_serialization_version": 3,
+        SPEC_KEY: RepoSpec.from_settings(settings).to_yaml_section(),
     }
     (settings.feature_repo_dir / "feature_store.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def apply(settings: Settings) -> FeatureStore:
     store = get_store(settings)
-    store.apply(feast_objects())
+    store.apply(feast_objects(RepoSpec.from_settings(settings)))
     write_feature_store_yaml(settings)
     return store
-
-
-NO_TTL_VIEWS = ["member_consent", "member_realtime"]  # latest value ever recorded is current
 
 
 def materialize(settings: Settings, end: datetime) -> None:
@@ -141,19 +133,19 @@ def materialize(settings: Settings, end: datetime) -> None:
     recent = pd.Timestamp(end) - pd.Timedelta(days=2 * settings.snapshot_every_days)
     snapshot_views = [fv.name for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
     store.materialize(start_date=recent.to_pydatetime(), end_date=end_dt, feature_views=snapshot_views)
-    store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=NO_TTL_VIEWS)
+    store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=list(NO_TTL_VIEWS))
 
 
 def online_features(
-    store: FeatureStore, member_ids: list[str], request_ts: int, service: str = "member_online_v1"
+    store: FeatureStore, member_ids: list[str], request_ts: int, service: str = ONLINE_FEATURE_SERVICE
 ) -> pd.DataFrame:
-    rows = [{"member_id": m, "request_ts": int(request_ts)} for m in member_ids]
+    rows = [{MEMBER_ID: m, "request_ts": int(request_ts)} for m in member_ids]
     return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_df()
 
 
 def serving_feature_refs(store: FeatureStore) -> list[str]:
     """``member_online_v1`` without its on-demand view: the materialised features the service reads."""
-    fs = store.get_feature_service("member_online_v1")
+    fs = store.get_feature_service(ONLINE_FEATURE_SERVICE)
     return [
         f"{p.name}:{f.name}" for p in fs.feature_view_projections if p.name != "request_recency" for f in p.features
     ]
@@ -163,10 +155,8 @@ def serving_features(store: FeatureStore, member_ids: list[str], request_ts: int
     """``member_online_v1`` for the decision service: the materialised views from the online
     store, and the request-time recency computed in process with the on-demand view's own
     function (same values, without the cost of Feast's on-demand transformation)."""
-    from features.on_demand import days_since_last_purchase
-
     df = store.get_online_features(
-        features=serving_feature_refs(store), entity_rows=[{"member_id": m} for m in member_ids]
+        features=serving_feature_refs(store), entity_rows=[{MEMBER_ID: m} for m in member_ids]
     ).to_df()
     df["request_ts"] = int(request_ts)
     df["days_since_last_purchase"] = days_since_last_purchase(df).to_numpy()

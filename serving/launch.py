@@ -4,16 +4,20 @@ demo, the tests and the benchmarks, ``mlflow ui`` for the browser test."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from kernel.settings import PROJECT_ROOT, Settings
+
+SERVICE_NAME = "loyalty_decisions"  # the BentoML service's name (its configuration key)
 
 
 def free_port() -> int:
@@ -22,8 +26,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def bentoml_overrides(env: Mapping[str, str]) -> str:
+    """BentoML's configuration of the service's worker processes and threads per worker, from the
+    ``LOYALTY_SERVING_WORKERS`` / ``LOYALTY_SERVING_THREADS`` settings in ``env``. BentoML reads it
+    before any worker starts, so the service module itself reads no setting at import."""
+    fields = Settings.model_fields
+    workers = int(env.get("LOYALTY_SERVING_WORKERS", fields["serving_workers"].default))
+    threads = int(env.get("LOYALTY_SERVING_THREADS", fields["serving_threads"].default))
+    return json.dumps({"services": {SERVICE_NAME: {"workers": workers, "threads": threads}}})
+
+
+def service_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a decision-service process: this one's, ``env`` on top, BentoML's
+    configuration derived from them (unless the caller set ``BENTOML_CONFIG_OVERRIDES`` itself)."""
+    out = {**os.environ, **(env or {})}
+    out.setdefault("BENTOML_CONFIG_OVERRIDES", bentoml_overrides(out))
+    return out
+
+
 def service_cmd(port: int, host: str = "127.0.0.1") -> list[str]:
-    """``bentoml serve`` of the decision service (settings come from the ``LOYALTY_*`` env)."""
+    """``bentoml serve`` of the decision service (settings come from the ``LOYALTY_*`` env, see
+    :func:`service_env`)."""
     return [
         sys.executable,
         "-m",
@@ -55,6 +78,7 @@ class ServerProcess:
 
     def __init__(self, cmd: list[str], port: int, log: Path, env: dict | None = None, ready_path: str = "/readyz"):
         self.cmd, self.port, self.log, self.ready_path = cmd, port, Path(log), ready_path
+        self.cwd = PROJECT_ROOT
         self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
@@ -62,7 +86,7 @@ class ServerProcess:
     @classmethod
     def decision_service(cls, log: Path, env: dict | None = None, port: int | None = None) -> ServerProcess:
         port = port or free_port()
-        return cls(service_cmd(port), port, log, env)
+        return cls(service_cmd(port), port, log, service_env(env))
 
     def start(self, timeout: float = 180) -> ServerProcess:
         """Start and wait until ``ready_path`` answers 200; raise with the log's tail otherwise."""
@@ -70,7 +94,7 @@ class ServerProcess:
         with self.log.open("ab") as out:
             # own session: a Ctrl-C meant for the caller does not reach the server
             self.proc = subprocess.Popen(
-                self.cmd, cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 """What the service holds between requests: champion models, the feature store, the catalogue
-and the durable state, plus one method per endpoint returning plain dicts."""
+and the durable state, plus one method per endpoint returning its typed response."""
 
 from __future__ import annotations
 
@@ -14,22 +14,43 @@ import pandas as pd
 from prometheus_client import Counter
 
 from features.store import get_store, serving_features
+from kernel.constants import CONTACT_CHANNELS, SERVED_JOBS
+from kernel.curated import exposures_with_responses, load_curated, read_meta
+from kernel.model_store import load_champions
+from kernel.settings import Settings
 from serving import decisions
+from serving.schemas import (
+    Benefit,
+    BenefitsResponse,
+    ChurnRiskResponse,
+    Driver,
+    NextBestOfferResponse,
+    OfferDecision,
+    RecommendationsResponse,
+    RecommendedItem,
+    TraceStep,
+)
 from serving.state import ServingState, StateUnavailable
-from training.data.ingest import load_curated, read_meta
-from training.settings import Settings
 
 log = logging.getLogger("loyalty.serving")
 # on /metrics: decisions answered while the state store was down, so missing from the audit/OPE log
 DECISION_LOG_FAILURES = Counter(
     name="loyalty_decision_log_failures", documentation="decisions answered but not logged (state store down)"
 )
-CONTACT_CHANNELS = ("push", "sms", "email")  # need channel consent; app/web/store are member-initiated
 WEEK_S = 7 * 86400
 
 
 class DecisionRuntime:
-    def __init__(self, settings: Settings, load_models: bool = True, state: ServingState | None = None):
+    """``rng`` draws the exploration; by default seeded from ``settings.seed`` so that a decision
+    log can be reproduced."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        load_models: bool = True,
+        state: ServingState | None = None,
+        rng: np.random.Generator | None = None,
+    ):
         self.settings = settings
         self.state = state or ServingState(
             settings.serving_state_url, settings.pseudonym_key, table_prefix=settings.serving_state_prefix
@@ -39,7 +60,7 @@ class DecisionRuntime:
         self.item_category = load_curated(settings, "items").set_index("item_id")["category_l1"]
         self.end = pd.Timestamp(read_meta(settings)["end"])
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
-        self.rng = np.random.default_rng()
+        self.rng = rng if rng is not None else np.random.default_rng(settings.seed)
         self.models: dict = {}
         self.model_versions: dict[str, str] = {}
         self.model_errors: dict[str, str] = {}
@@ -54,22 +75,9 @@ class DecisionRuntime:
 
     # ------------------------------------------------------------------ setup
     def load_models(self) -> None:
-        """Load every ``champion``; a missing one degrades its endpoint, it never crashes the service."""
-        from mlflow.tracking import MlflowClient
-
-        from training.registry import CHAMPION, load_estimator
-        from training.tracking import configure
-
-        configure(self.settings)
-        client = MlflowClient()
-        for job in ("cf", "churn", "uplift"):
-            name = self.settings.model_name(job)
-            try:
-                self.models[job] = load_estimator(name, CHAMPION)
-                self.model_versions[job] = client.get_model_version_by_alias(name, CHAMPION).version
-            except Exception as err:  # reported by /readyz and in answers
-                self.model_errors[job] = f"{type(err).__name__}: {err}"
-                log.warning("no champion for %s: %s", name, err)
+        """Load every served ``champion``; a missing one degrades its endpoint, never crashes the service."""
+        champions = load_champions(self.settings, SERVED_JOBS)
+        self.models, self.model_versions, self.model_errors = champions.models, champions.versions, champions.errors
 
     def _warm_up(self) -> None:
         """First reads load the Feast registry and connections: do it before taking traffic."""
@@ -82,11 +90,7 @@ class DecisionRuntime:
     def _default_ranking(self) -> pd.DataFrame:
         """Non-personalised order: offers by historical redemption rate, cheaper first on ties."""
         try:
-            exp = load_curated(self.settings, "exposures")[["exposure_id", "offer_id"]]
-            resp = load_curated(self.settings, "responses")[["exposure_id", "redeemed"]]
-            rate = (
-                exp.merge(resp, on="exposure_id", how="left")["redeemed"].fillna(False).groupby(exp["offer_id"]).mean()
-            )
+            rate = exposures_with_responses(self.settings).groupby("offer_id")["redeemed"].mean()
         except FileNotFoundError:
             rate = pd.Series(dtype=float)
         out = self.offers.assign(redemption_rate=self.offers["offer_id"].map(rate).fillna(0.0))
@@ -98,7 +102,7 @@ class DecisionRuntime:
         return int(self.end.timestamp()) if self.settings.serving_clock == "dataset" else int(time.time())
 
     def ready(self) -> dict:
-        checks = {"models": {j: j in self.models for j in ("cf", "churn", "uplift")}}
+        checks = {"models": {j: j in self.models for j in SERVED_JOBS}}
         _, degraded = self.read_features(["__readiness_probe__"], self.now(None))
         checks["feature_store"] = not degraded
         checks["state"] = self.state.ping()
@@ -163,30 +167,29 @@ class DecisionRuntime:
         max_results: int,
         category: str | None = None,
         context: dict | None = None,
-    ) -> dict:
+    ) -> NextBestOfferResponse:
         ts = self.now(ts)
         now = pd.Timestamp(ts, unit="s")
-        decision_id = str(uuid.uuid4())
         feats, degraded = self.read_features([member_id], ts)
         mstate = self.member_state(member_id, ts)
         member = self._row(feats, member_id, mstate is None or mstate["opted_out"])
-        answer = {
-            "context": {k: v for k, v in (context or {}).items() if v is not None},
-            "decision_id": decision_id,
-            "member_id": member_id,
-            "channel": channel,
-            "degraded": degraded or mstate is None,
-            "cold_start": member is None and not degraded,
-            "personalised": False,
-            "offers": [],
-            "trace": [],
-            "model_version": self.model_versions.get("uplift"),
-        }
-        notes: list[str] = []
+        answer = NextBestOfferResponse(
+            decision_id=str(uuid.uuid4()),
+            member_id=member_id,
+            channel=channel,
+            degraded=degraded or mstate is None,
+            cold_start=member is None and not degraded,
+            personalised=False,
+            offers=[],
+            trace=[],
+            model_version=self.model_versions.get("uplift"),
+        )
+        context = {k: v for k, v in (context or {}).items() if v is not None}
         if mstate is None:  # opt-out, caps and stock cannot be checked: offer nothing
-            answer["trace"].append({"rule": "state_unavailable", "removed": "all"})
-            answer["notes"] = ["serving state unavailable (opt-out, contact caps, stock unknown): nothing offered"]
-            return self._log(answer, "next_best_offer")
+            answer.trace.append(TraceStep(rule="state_unavailable", removed="all"))
+            answer.notes = ["serving state unavailable (opt-out, contact caps, stock unknown): nothing offered"]
+            return self._log(answer, context)
+        notes: list[str] = []
         if degraded:
             notes.append("feature store unavailable: non-personalised default")
         elif member is None:
@@ -195,25 +198,26 @@ class DecisionRuntime:
         if channel in CONTACT_CHANNELS:
             if member is None or member.get(f"consent_{channel}") is not True:
                 # unknown consent (new member, store down) counts as no consent for outbound contact
-                answer["trace"].append({"rule": "channel_consent", "removed": "all"})
-                answer["notes"] = notes + [f"no known consent for {channel}: nothing may be sent"]
-                return self._log(answer, "next_best_offer")
+                answer.trace.append(TraceStep(rule="channel_consent", removed="all"))
+                answer.notes = notes + [f"no known consent for {channel}: nothing may be sent"]
+                return self._log(answer, context)
             cap = self.settings.contact_caps_per_week.get(channel)
             sent = mstate["contacts"].get(channel, 0)
             if cap is not None and sent >= cap:
-                answer["trace"].append({"rule": "contact_cap", "removed": "all", "sent_this_week": sent, "cap": cap})
-                answer["notes"] = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
-                return self._log(answer, "next_best_offer")
+                answer.trace.append(TraceStep(rule="contact_cap", removed="all", sent_this_week=sent, cap=cap))
+                answer.notes = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
+                return self._log(answer, context)
         elig = decisions.eligibility(self.offers, (member or {}).get("tier"), now, mstate["stock"], mstate["redeemed"])
-        answer["trace"] += decisions.trace(elig)
+        answer.trace += [TraceStep(**step) for step in decisions.trace(elig)]
         eligible_ids = set(elig.loc[elig["eligible"], "offer_id"])
         if category:
             keep = set(self.offers.loc[self.offers["category_l1"] == category, "offer_id"])
-            answer["trace"].append({"rule": "category_page", "removed": sorted(eligible_ids - keep)})
+            answer.trace.append(TraceStep(rule="category_page", removed=sorted(eligible_ids - keep)))
             eligible_ids &= keep
         personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in self.models
         if member is not None and not member.get("consent_personalisation"):
             notes.append("no consent for personalisation: non-personalised default")
+        candidates: list[dict] = []
         if personalise:
             scored = decisions.score_offers(
                 self.models["uplift"], pd.DataFrame([member]), self.offers, self.settings.margin_rate
@@ -221,51 +225,46 @@ class DecisionRuntime:
             scored = scored[scored["offer_id"].isin(eligible_ids)]
             negative = scored[scored["expected_incremental_value"] <= 0]["offer_id"].tolist()
             if negative:
-                answer["trace"].append({"rule": "non_positive_expected_value", "removed": sorted(negative)})
+                answer.trace.append(TraceStep(rule="non_positive_expected_value", removed=sorted(negative)))
             ranked = scored[scored["expected_incremental_value"] > 0].sort_values(
                 "expected_incremental_value", ascending=False, kind="stable"
             )
             chosen, propensity, explored = decisions.choose(
                 ranked, max_results, self.settings.exploration_rate, self.rng
             )
-            answer["personalised"], answer["propensity"], answer["explored"] = True, propensity, explored
+            answer.personalised, answer.propensity, answer.explored = True, propensity, explored
             # the offers this policy could have shown (its support), with their scores, so that
             # re-ranking policies can be evaluated off-policy from the decision log
-            answer["candidates"] = [
+            candidates = [
                 {"offer_id": o, "value": round(float(v), 6), "p_redeem": round(float(p), 6)}
                 for o, v, p in zip(
                     ranked["offer_id"], ranked["expected_incremental_value"], ranked["p_redeem"], strict=True
                 )
             ]
-            answer["offers"] = [
-                {
-                    "offer_id": r["offer_id"],
-                    "score": round(float(r["expected_incremental_value"]), 4),
-                    "expected_incremental_value": round(float(r["expected_incremental_value"]), 4),
-                    "p_redeem": round(float(r["p_redeem"]), 4),
-                    "uplift": None if pd.isna(r["uplift"]) else round(float(r["uplift"]), 4),
-                    "reason_codes": decisions.reason_codes(r, member),
-                }
+            answer.offers = [
+                OfferDecision(
+                    offer_id=r["offer_id"],
+                    score=round(float(r["expected_incremental_value"]), 4),
+                    expected_incremental_value=round(float(r["expected_incremental_value"]), 4),
+                    p_redeem=round(float(r["p_redeem"]), 4),
+                    uplift=None if pd.isna(r["uplift"]) else round(float(r["uplift"]), 4),
+                    reason_codes=decisions.reason_codes(r, member),
+                )
                 for _, r in chosen.iterrows()
             ]
         else:
             default = self.default_ranking[self.default_ranking["offer_id"].isin(eligible_ids)].head(max_results)
-            answer["offers"] = [
-                {
-                    "offer_id": r.offer_id,
-                    "score": round(float(r.redemption_rate), 4),
-                    "expected_incremental_value": None,
-                    "p_redeem": None,
-                    "uplift": None,
-                    "reason_codes": ["popular_offer"],
-                }
+            answer.offers = [
+                OfferDecision(
+                    offer_id=r.offer_id, score=round(float(r.redemption_rate), 4), reason_codes=["popular_offer"]
+                )
                 for r in default.itertuples()
             ]
-            answer["propensity"] = 1.0 if answer["offers"] else None
-        answer["notes"] = notes
-        return self._log(answer, "next_best_offer")
+            answer.propensity = 1.0 if answer.offers else None
+        answer.notes = notes
+        return self._log(answer, context, candidates)
 
-    def churn_risk(self, member_ids: list[str], ts: int | None) -> list[dict]:
+    def churn_risk(self, member_ids: list[str], ts: int | None) -> list[ChurnRiskResponse]:
         ts = self.now(ts)
         feats, degraded = self.read_features(member_ids, ts)
         model = self.models.get("churn")
@@ -276,33 +275,28 @@ class DecisionRuntime:
         rows = [self._row(feats, m, m in opted_out) for m in member_ids]
         known = [i for i, r in enumerate(rows) if r is not None]
         out = [
-            {
-                "member_id": m,
-                "degraded": degraded or model is None,
-                "cold_start": rows[i] is None and not degraded,
-                "churn_probability": None,
-                "risk_band": "unknown",
-                "top_drivers": [],
-                "health_quadrant": None,
-                "suggested_action": "none: no data for this member yet" if not degraded else "retry later",
-                "model_version": self.model_versions.get("churn"),
-            }
+            ChurnRiskResponse(
+                member_id=m,
+                degraded=degraded or model is None,
+                cold_start=rows[i] is None and not degraded,
+                churn_probability=None,
+                risk_band="unknown",
+                top_drivers=[],
+                health_quadrant=None,
+                suggested_action="none: no data for this member yet" if not degraded else "retry later",
+                model_version=self.model_versions.get("churn"),
+            )
             for i, m in enumerate(member_ids)
         ]
         if known and model is not None:
-            frame = pd.DataFrame([rows[i] for i in known])
-            explained = model.explain(frame)
+            explained = model.explain(pd.DataFrame([rows[i] for i in known]))
             for j, i in enumerate(known):
                 e = explained.iloc[j]
-                out[i].update(
-                    {
-                        "churn_probability": round(float(e["churn_probability"]), 4),
-                        "risk_band": e["risk_band"],
-                        "top_drivers": e["top_drivers"],
-                        "suggested_action": e["suggested_action"],
-                        "health_quadrant": rows[i].get("health_quadrant"),
-                    }
-                )
+                out[i].churn_probability = round(float(e["churn_probability"]), 4)
+                out[i].risk_band = e["risk_band"]
+                out[i].top_drivers = [Driver(**d) for d in e["top_drivers"]]
+                out[i].suggested_action = e["suggested_action"]
+                out[i].health_quadrant = rows[i].get("health_quadrant")
         return out
 
     def recommendations(
@@ -313,7 +307,7 @@ class DecisionRuntime:
         include_categories: list[str] | None,
         exclude_categories: list[str] | None,
         history: list[str] | None = None,
-    ) -> dict:
+    ) -> RecommendationsResponse:
         ts = self.now(ts)
         feats, degraded = self.read_features([member_id], ts)
         try:
@@ -322,14 +316,14 @@ class DecisionRuntime:
             opted_out, state_down = True, True
         member = self._row(feats, member_id, opted_out)
         model = self.models.get("cf")
-        answer = {
-            "member_id": member_id,
-            "degraded": degraded or state_down or model is None,
-            "items": [],
-            "source": None,
-            "cold_start": False,
-            "model_version": self.model_versions.get("cf"),
-        }
+        answer = RecommendationsResponse(
+            member_id=member_id,
+            degraded=degraded or state_down or model is None,
+            items=[],
+            source=None,
+            cold_start=False,
+            model_version=self.model_versions.get("cf"),
+        )
         if model is None:
             return answer
         cats = self.cf_item_category
@@ -348,48 +342,40 @@ class DecisionRuntime:
             histories={member_id: history} if history else None,
             allowed_items=allowed,
         ).iloc[0]
-        answer.update(
-            {
-                "items": [
-                    {"item_id": i, "score": s, "category": c}
-                    for i, s, c in zip(
-                        rec["item_ids"],
-                        rec["scores"],
-                        self.item_category.reindex(rec["item_ids"]),
-                        strict=True,
-                    )
-                ],
-                "source": rec["source"] if personal else "popularity (no personalisation consent)",
-                "cold_start": member_id not in model.member_index_,
-            }
-        )
+        categories = self.item_category.reindex(rec["item_ids"])
+        answer.items = [
+            RecommendedItem(item_id=i, score=s, category=None if pd.isna(c) else c)
+            for i, s, c in zip(rec["item_ids"], rec["scores"], categories, strict=True)
+        ]
+        answer.source = rec["source"] if personal else "popularity (no personalisation consent)"
+        answer.cold_start = member_id not in model.member_index_
         return answer
 
-    def personalized_benefits(self, member_id: str, max_results: int, ts: int | None) -> dict:
+    def personalized_benefits(self, member_id: str, max_results: int, ts: int | None) -> BenefitsResponse:
         ts = self.now(ts)
         feats, degraded = self.read_features([member_id], ts)
         mstate = self.member_state(member_id, ts)
-        answer = {
-            "member_id": member_id,
-            "degraded": degraded or mstate is None,
-            "cold_start": False,
-            "personalised": False,
-            "benefits": [],
-            "trace": [],
-        }
+        answer = BenefitsResponse(
+            member_id=member_id,
+            degraded=degraded or mstate is None,
+            cold_start=False,
+            personalised=False,
+            benefits=[],
+            trace=[],
+        )
         if mstate is None:  # stock and redemptions unknown: offer nothing
-            answer["trace"] = [{"rule": "state_unavailable", "removed": "all"}]
+            answer.trace = [TraceStep(rule="state_unavailable", removed="all")]
             return answer
         member = self._row(feats, member_id, mstate["opted_out"])
-        answer["cold_start"] = member is None and not degraded
+        answer.cold_start = member is None and not degraded
         elig = decisions.eligibility(
             self.offers, (member or {}).get("tier"), pd.Timestamp(ts, unit="s"), mstate["stock"], mstate["redeemed"]
         )
-        answer["trace"] = decisions.trace(elig)
+        answer.trace = [TraceStep(**step) for step in decisions.trace(elig)]
         if member is None or not member.get("consent_personalisation"):
             default = self.default_ranking.merge(elig, on="offer_id")
             default = default[default["eligible"]].head(max_results)
-            answer["benefits"] = [_benefit(r, 0.0, ["popular_benefit"]) for r in default.itertuples()]
+            answer.benefits = [_benefit(r, 0.0, ["popular_benefit"]) for r in default.itertuples()]
             return answer
         affinity: dict[str, float] = {}
         if "cf" in self.models:
@@ -398,8 +384,8 @@ class DecisionRuntime:
             affinity = (cats.value_counts(normalize=True)).to_dict()
         ranked = decisions.rank_benefits(self.offers, member, affinity, elig)
         ranked = ranked[ranked["eligible"]].head(max_results)
-        answer["personalised"] = True
-        answer["benefits"] = [_benefit(r, r.score, r.reasons) for r in ranked.itertuples()]
+        answer.personalised = True
+        answer.benefits = [_benefit(r, r.score, r.reasons) for r in ranked.itertuples()]
         return answer
 
     def score_batch(self, member_ids: list[str], ts: int | None, chunk: int = 2000) -> tuple[pd.DataFrame, dict]:
@@ -484,49 +470,51 @@ class DecisionRuntime:
             log.warning("could not mark %d events as pushed", len(events))
         return True
 
-    def _log(self, answer: dict, endpoint: str) -> dict:
-        first = answer["offers"][0]["offer_id"] if answer.get("offers") else None
+    def _log(
+        self, answer: NextBestOfferResponse, context: dict, candidates: list[dict] | None = None
+    ) -> NextBestOfferResponse:
+        """Write the decision to the durable log (with its request context and the candidates the
+        policy chose from, which the answer itself does not carry) and return the answer."""
+        first = answer.offers[0].offer_id if answer.offers else None
         try:
             self.state.log_decision(
-                answer["decision_id"],
-                answer["member_id"],
-                endpoint,
-                answer.get("channel"),
+                answer.decision_id,
+                answer.member_id,
+                "next_best_offer",
+                answer.channel,
                 first,
-                answer.get("propensity"),
-                answer.get("personalised", False),
-                answer["degraded"],
+                answer.propensity,
+                answer.personalised,
+                answer.degraded,
                 {
-                    "offers": [o["offer_id"] for o in answer.get("offers", [])],
-                    "propensity": answer.get("propensity"),
-                    "trace": answer.get("trace", []),
-                    "context": answer.get("context", {}),
-                    "candidates": answer.get("candidates", []),
+                    "offers": [o.offer_id for o in answer.offers],
+                    "propensity": answer.propensity,
+                    "trace": [t.model_dump(exclude_none=True) for t in answer.trace],
+                    "context": context,
+                    "candidates": candidates or [],
                 },
             )
         except StateUnavailable as err:  # the answer stands; the audit log has a gap, which is counted
             DECISION_LOG_FAILURES.inc()
-            log.warning("decision %s not logged: %s", answer["decision_id"], err)
-        answer.pop("context", None)
-        answer.pop("candidates", None)
+            log.warning("decision %s not logged: %s", answer.decision_id, err)
         log.info(
             "decision %s member=%s offers=%d degraded=%s",
-            answer["decision_id"],
-            self.state.member_key(answer["member_id"]),
-            len(answer.get("offers", [])),
-            answer["degraded"],
+            answer.decision_id,
+            self.state.member_key(answer.member_id),
+            len(answer.offers),
+            answer.degraded,
         )
         return answer
 
 
-def _benefit(r, score: float, reasons: list[str]) -> dict:
-    return {
-        "offer_id": r.offer_id,
-        "kind": r.kind,
-        "scene_dimension": r.scene_dimension,
-        "value_dimension": r.value_dimension,
-        "category": r.category_l1,
-        "cost": float(r.cost),
-        "score": round(float(score), 4),
-        "reasons": list(reasons),
-    }
+def _benefit(r, score: float, reasons: list[str]) -> Benefit:
+    return Benefit(
+        offer_id=r.offer_id,
+        kind=r.kind,
+        scene_dimension=r.scene_dimension,
+        value_dimension=r.value_dimension,
+        category=r.category_l1,
+        cost=float(r.cost),
+        score=round(float(score), 4),
+        reasons=list(reasons),
+    )

@@ -6,8 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from kernel.constants import MEMBER_ID_MAX_LENGTH, MEMBER_ID_PATTERN
+
 Channel = Literal["app", "web", "store", "push", "sms", "email"]
-_MEMBER_ID_RULES = {"min_length": 1, "max_length": 64, "pattern": r"^[A-Za-z0-9_\-.:]+$"}
+_MEMBER_ID_RULES = {"min_length": 1, "max_length": MEMBER_ID_MAX_LENGTH, "pattern": MEMBER_ID_PATTERN}
 MemberId = Field(**_MEMBER_ID_RULES, description="member id")  # a member_id parameter
 MemberIdItem = Annotated[str, Field(**_MEMBER_ID_RULES)]  # an element of a list of member ids
 Name = Annotated[str, Field(min_length=1, max_length=64)]  # item ids, categories

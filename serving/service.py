@@ -13,6 +13,8 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 
+from kernel.settings import Settings
+from serving.launch import SERVICE_NAME
 from serving.runtime import DecisionRuntime
 from serving.schemas import (
     BenefitsResponse,
@@ -30,7 +32,6 @@ from serving.schemas import (
     json_int,
 )
 from serving.state import StateUnavailable
-from training.settings import get_settings
 
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # health needs no key (load balancers, k8s probes)
 DOC_PATHS = ("/", "/docs.json", "/static_content")
@@ -39,10 +40,12 @@ DOC_PATHS = ("/", "/docs.json", "/static_content")
 class ApiKeyMiddleware:
     """401 without a valid ``X-API-Key`` (or ``Authorization: Bearer``) on every path but health/docs;
     request-validation errors (BentoML answers 400) become 422 with BentoML's message; ``/docs.json``
-    is the complete OpenAPI 3.1 document (:mod:`serving.openapi`)."""
+    is the complete OpenAPI 3.1 document (:mod:`serving.openapi`). The keys are read from the
+    settings when BentoML builds the app in a worker, not at import."""
 
-    def __init__(self, app, keys: str):
+    def __init__(self, app, keys: str | None = None):
         self.app = app
+        keys = Settings().api_keys if keys is None else keys
         self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
         self._spec: bytes | None = None
 
@@ -87,18 +90,15 @@ class ApiKeyMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-@bentoml.service(
-    name="loyalty_decisions",
-    traffic={"timeout": 30, "max_concurrency": 256},
-    workers=get_settings().serving_workers,
-    threads=get_settings().serving_threads,
-)
+# Workers and threads per worker come from the settings through BentoML's own configuration
+# (``serving.launch.service_env``), so that nothing is read at import.
+@bentoml.service(name=SERVICE_NAME, traffic={"timeout": 30, "max_concurrency": 256})
 class LoyaltyDecisionService:
     """Next-best-offer, personalised benefits, churn risk and recommendations for loyalty members."""
 
     def __init__(self) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.runtime = DecisionRuntime(get_settings())
+        self.runtime = DecisionRuntime(Settings())
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.ready()["ready"])
@@ -116,9 +116,7 @@ class LoyaltyDecisionService:
     ) -> NextBestOfferResponse:
         """Ranked offers with expected incremental value, reason codes and the decision trace."""
         context = {"store_id": store_id, "region": region, "category": category}
-        return NextBestOfferResponse(
-            **self.runtime.next_best_offer(member_id, channel, ts, max_results, category, context)
-        )
+        return self.runtime.next_best_offer(member_id, channel, ts, max_results, category, context)
 
     @bentoml.api
     def next_best_offer_batch(
@@ -129,7 +127,7 @@ class LoyaltyDecisionService:
         max_results: json_int(1, 20) = 1,
     ) -> list[NextBestOfferResponse]:
         """The same decision for a campaign list (no budget; see ``loyalty-ml score-batch`` for one)."""
-        return [NextBestOfferResponse(**self.runtime.next_best_offer(m, channel, ts, max_results)) for m in member_ids]
+        return [self.runtime.next_best_offer(m, channel, ts, max_results) for m in member_ids]
 
     @bentoml.api
     def personalized_benefits(
@@ -139,17 +137,17 @@ class LoyaltyDecisionService:
         ts: UnixTime | None = Timestamp,
     ) -> BenefitsResponse:
         """Benefits catalogue ranked for the member (CF affinity, spend, dimension fit, cost), eligible only."""
-        return BenefitsResponse(**self.runtime.personalized_benefits(member_id, max_results, ts))
+        return self.runtime.personalized_benefits(member_id, max_results, ts)
 
     @bentoml.api
     def churn_risk(self, member_id: str = MemberId, ts: UnixTime | None = Timestamp) -> ChurnRiskResponse:
         """Calibrated churn probability, band, top drivers, health quadrant and suggested action."""
-        return ChurnRiskResponse(**self.runtime.churn_risk([member_id], ts)[0])
+        return self.runtime.churn_risk([member_id], ts)[0]
 
     @bentoml.api(batchable=True, max_batch_size=512, max_latency_ms=50)
     def churn_risk_batch(self, member_ids: list[MemberIdItem]) -> list[ChurnRiskResponse]:
         """Many members at once; concurrent calls are merged by BentoML's adaptive batching."""
-        return [ChurnRiskResponse(**r) for r in self.runtime.churn_risk([str(m) for m in member_ids], None)]
+        return self.runtime.churn_risk([str(m) for m in member_ids], None)
 
     @bentoml.api
     def recommendations(
@@ -162,9 +160,7 @@ class LoyaltyDecisionService:
         ts: UnixTime | None = Timestamp,
     ) -> RecommendationsResponse:
         """Top-k items from the CF champion, owned items excluded, category filters applied."""
-        return RecommendationsResponse(
-            **self.runtime.recommendations(member_id, k, ts, include_categories, exclude_categories, history)
-        )
+        return self.runtime.recommendations(member_id, k, ts, include_categories, exclude_categories, history)
 
     @bentoml.api
     def feedback(self, events: list[FeedbackEvent] = Field(min_length=1, max_length=5000)) -> FeedbackAck:
@@ -177,4 +173,4 @@ class LoyaltyDecisionService:
             raise ServiceUnavailable(f"{err}; nothing stored, retry with the same event ids") from err
 
 
-LoyaltyDecisionService.add_asgi_middleware(ApiKeyMiddleware, keys=get_settings().api_keys)
+LoyaltyDecisionService.add_asgi_middleware(ApiKeyMiddleware)

@@ -1,25 +1,20 @@
 """Shared fixtures: one small simulated dataset taken through the whole feature pipeline.
 
-The data dir is set before any project module reads the settings, because the Feast
-repo modules resolve their source paths from the settings when imported.
+Settings are made explicitly (a temporary data dir, the embedded profile) and handed to the
+code under test; processes started by tests get them as ``LOYALTY_*`` variables.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-os.environ["LOYALTY_DATA_DIR"] = tempfile.mkdtemp(prefix="loyalty-test-")
-os.environ["LOYALTY_DATASET"] = "simulated"
-os.environ.pop("LOYALTY_PROFILE", None)
-os.environ["LOYALTY_TUNING_TRIALS"] = "3"  # optuna trials per CF algorithm: enough to exercise tuning
-
-from training.settings import Settings, get_settings  # noqa: E402
+from kernel.constants import JOB_NAMES
+from kernel.settings import Profile, Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_MEMBERS = 4000  # large enough for the uplift-vs-propensity comparison to be stable
@@ -31,7 +26,7 @@ def run_cli(env: dict, *args: str, timeout: int = 600) -> str:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -51,16 +46,24 @@ def reachable(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    get_settings.cache_clear()
-    return get_settings()
+def settings(tmp_path_factory) -> Settings:
+    # 3 optuna trials per CF algorithm: enough to exercise tuning
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("loyalty"), dataset="simulated", profile=Profile.embedded, tuning_trials=3
+    )
+
+
+def cli_args(settings: Settings, *args: str) -> list[str]:
+    """``loyalty-ml`` arguments that select the test's data dir and dataset."""
+    return ["--data-dir", str(settings.data_dir), "--dataset", settings.dataset, *args]
 
 
 @pytest.fixture(scope="session")
 def pipeline(settings: Settings):
     """Simulate -> validate -> build snapshots -> feast apply -> materialise (SQLite)."""
     from features.store import apply, materialize
-    from training.data.ingest import read_meta, simulate_dataset, validate_dataset
+    from kernel.curated import read_meta
+    from training.data.ingest import simulate_dataset, validate_dataset
     from training.featurize import build_feature_tables
 
     simulate_dataset(settings, TEST_MEMBERS, progress=False)
@@ -84,4 +87,4 @@ def trained(settings, pipeline):
     """All five training jobs on the simulated pipeline; their models become the champions."""
     from training.jobs import JOBS
 
-    return {name: JOBS[name].run(settings) for name in ("cf", "churn", "uplift", "clv", "fraud")}
+    return {name: JOBS[name].run(settings) for name in JOB_NAMES}

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
+from kernel.contracts import validate
 from training.data.adapters import load_complete_journey, load_online_retail
-from training.data.contracts import validate
 
 
 def test_online_retail_accounts_for_every_row(shared_data):
@@ -42,6 +42,7 @@ def test_complete_journey_maps_campaigns_and_redemptions(shared_data):
     assert any("no control group" in n for n in out.notes)
 
 
+@pytest.mark.unit
 def test_missing_shared_data_is_a_clear_error(tmp_path):
     from training.data.adapters import SharedDataMissing
 

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import cli_args
 from training.evaluation.campaign import evaluate_groups, mean_difference, roi_decision, two_proportion
 
 
+@pytest.mark.unit
 def test_roi_decision_follows_the_programme_thresholds():
     assert [roi_decision(r) for r in (-1, 9.99, 10, 25, 25.01, float("nan"))] == [
         "adjust",
@@ -20,6 +22,7 @@ def test_roi_decision_follows_the_programme_thresholds():
     ]
 
 
+@pytest.mark.unit
 def test_intervals_cover_a_known_effect_and_p_values_separate_null_from_effect():
     rng = np.random.default_rng(3)
     covered, rejections_null = 0, 0
@@ -36,6 +39,7 @@ def test_intervals_cover_a_known_effect_and_p_values_separate_null_from_effect()
     assert lo < 2 < hi and p < 1e-6
 
 
+@pytest.mark.unit
 def test_roi_uses_incremental_revenue_against_control_not_total_sales():
     n = 1000
     df = pd.DataFrame(
@@ -59,7 +63,7 @@ def test_roi_uses_incremental_revenue_against_control_not_total_sales():
 def test_campaign_report_on_the_simulator_recovers_the_true_lift(settings, pipeline):
     from mlflow.tracking import MlflowClient
 
-    from training.evaluation.campaign import evaluate_campaigns
+    from training.jobs.evaluate import evaluate_campaigns
 
     out = evaluate_campaigns(settings, None, ("tier", "lifecycle_stage"))
     overall = out["overall"].iloc[0]
@@ -82,7 +86,7 @@ def test_campaign_report_on_the_simulator_recovers_the_true_lift(settings, pipel
 def test_cli_rejects_an_unknown_campaign(settings, pipeline):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from cli.main import app
 
-    res = CliRunner().invoke(app, ["evaluate", "campaign", "--campaign", "NOPE"])
+    res = CliRunner().invoke(app, cli_args(settings, "evaluate", "campaign", "--campaign", "NOPE"))
     assert res.exit_code == 2 and "campaign 'NOPE' not found" in res.output

@@ -6,7 +6,7 @@ import pandas as pd
 
 def _cli(*args, env_dir):
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", "--data-dir", str(env_dir), *args],
+        [sys.executable, "-m", "cli", "--data-dir", str(env_dir), *args],
         capture_output=True,
         text=True,
         timeout=600,

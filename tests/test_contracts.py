@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from training.data.contracts import ContractError, validate
+from kernel.contracts import ContractError, validate
 from training.data.ingest import validate_dataset
 
 
@@ -20,6 +20,7 @@ def _txn(**over):
     return row
 
 
+@pytest.mark.unit
 def test_bad_rows_are_quarantined_with_reason_and_counted():
     df = pd.DataFrame(
         [_txn(), _txn(quantity=-1), _txn(channel="mars"), _txn(ts="not a date"), _txn(member_id=""), _txn(amount="abc")]
@@ -36,11 +37,13 @@ def test_bad_rows_are_quarantined_with_reason_and_counted():
     assert str(result.valid["ts"].dtype).startswith("datetime64")
 
 
+@pytest.mark.unit
 def test_missing_column_is_a_clear_error_naming_the_field():
     with pytest.raises(ContractError, match="amount"):
         validate("transactions", pd.DataFrame([_txn()]).drop(columns="amount"))
 
 
+@pytest.mark.unit
 def test_cross_field_rules():
     offers = pd.DataFrame(
         [

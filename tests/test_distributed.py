@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import cli_args
+
 AUC_TOLERANCE = 0.01  # data-parallel LightGBM merges per-worker histograms: not bit-identical
 BRIER_TOLERANCE = 0.005
 
@@ -61,13 +63,13 @@ def test_bad_engine_is_a_clear_error(dask_settings):
 def test_score_churn_cli_writes_every_member_and_rejects_a_bad_engine(settings, trained, tmp_path):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from cli.main import app
 
     out = tmp_path / "scores.parquet"
-    res = CliRunner().invoke(app, ["score-churn", "--out", str(out)])
+    res = CliRunner().invoke(app, cli_args(settings, "score-churn", "--out", str(out)))
     assert res.exit_code == 0, res.output
     scores = pd.read_parquet(out)
     assert scores["member_id"].is_unique and len(scores) > 1000
     assert {"churn_probability", "risk_band", "top_driver", "suggested_action"} <= set(scores.columns)
-    bad = CliRunner().invoke(app, ["score-churn", "--engine", "spark", "--out", str(out)])
+    bad = CliRunner().invoke(app, cli_args(settings, "score-churn", "--engine", "spark", "--out", str(out)))
     assert bad.exit_code == 2 and "engine must be 'local' or 'dask'" in bad.output

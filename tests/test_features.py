@@ -74,6 +74,7 @@ def test_push_source_updates_real_time_features(settings, pipeline):
     assert row["days_since_last_purchase"] == pytest.approx(1800 / 86400)
 
 
+@pytest.mark.unit
 def test_segment_rules():
     assert list(health_quadrant([3, 3, 0, 0], [2, 0, 2, 0])) == ["active", "low-active", "churn-risk", "silent"]
     stages = lifecycle_stage([30, 200, 200, 800], [5, 5, 90, 5], [100, 100, 100, 100], [50, 50, 50, 50])

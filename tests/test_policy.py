@@ -6,8 +6,8 @@ import pandas as pd
 
 
 def test_nbo_policy_beats_propensity_and_random_and_stays_below_the_oracle(settings, trained):
+    from kernel.curated import load_curated
     from serving.runtime import DecisionRuntime
-    from training.data.ingest import load_curated
     from training.evaluation.policy import compare_policies, true_value
 
     runtime = DecisionRuntime(settings)
@@ -24,8 +24,8 @@ def test_nbo_policy_beats_propensity_and_random_and_stays_below_the_oracle(setti
 
 
 def test_off_policy_estimates_recover_the_candidate_policys_true_value(settings, trained):
+    from kernel.curated import load_curated
     from serving.runtime import DecisionRuntime
-    from training.data.ingest import load_curated
     from training.evaluation.ope import validate_on_simulator
 
     runtime = DecisionRuntime(settings)
@@ -43,10 +43,11 @@ def test_off_policy_estimates_recover_the_candidate_policys_true_value(settings,
 def test_off_policy_evaluation_from_the_services_own_decision_log(settings, trained, tmp_path):
     import numpy as np
 
+    from kernel.curated import load_curated
     from serving.runtime import DecisionRuntime
     from serving.state import ServingState
-    from training.data.ingest import load_curated
-    from training.evaluation.ope import evaluate_logged, logged_from_service
+    from training.evaluation.ope import evaluate_logged
+    from training.jobs.evaluate import logged_from_service
 
     state = ServingState(tmp_path / "ope.db", "k")
     runtime = DecisionRuntime(settings.model_copy(update={"exploration_rate": 0.5}), state=state)

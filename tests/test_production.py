@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from kernel.settings import Profile, Settings
 from serving.launch import ServerProcess
 from tests.conftest import reachable, run_cli
-from training.settings import Profile, Settings
 
 pytestmark = [
     pytest.mark.production,
@@ -128,7 +128,8 @@ def test_point_in_time_features_from_postgresql_equal_the_parquet_ones(prod):
 def test_models_logged_and_loaded_through_the_postgresql_tracking_store(prod):
     from mlflow.tracking import MlflowClient
 
-    from training.registry import CHAMPION, load_estimator
+    from kernel.constants import CHAMPION
+    from kernel.model_store import load_estimator
     from training.tracking import configure
 
     settings = prod["settings"]

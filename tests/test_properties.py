@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from kernel.contracts import TXN_CHANNELS, validate
 from serving import decisions
-from training.data.contracts import TXN_CHANNELS, validate
 
 TIERS = ["Regular", "Silver", "Gold", "Platinum"]
 
@@ -33,6 +33,7 @@ good_or_bad = {
 }
 
 
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.fixed_dictionaries(good_or_bad), min_size=1, max_size=25))
 def test_contract_partitions_every_row_into_valid_or_quarantined(rows):
@@ -67,6 +68,7 @@ def catalogues(draw):
     return pd.DataFrame(rows)
 
 
+@pytest.mark.unit
 @settings(max_examples=150, deadline=None)
 @given(
     catalogues(),
@@ -112,6 +114,7 @@ def scored_pairs(draw):
     return pd.DataFrame(rows), stock
 
 
+@pytest.mark.unit
 @settings(max_examples=150, deadline=None)
 @given(scored_pairs(), st.floats(0, 60, allow_nan=False))
 def test_budget_allocation_never_overspends_oversells_or_sends_twice(pairs_stock, budget):
@@ -152,7 +155,7 @@ def runtime(settings, trained, pipeline, tmp_path_factory):
 
 
 def _members(settings, n: int = 60) -> list[str]:
-    from training.data.ingest import load_curated
+    from kernel.curated import load_curated
 
     return load_curated(settings, "members")["member_id"].head(n).tolist()
 
@@ -184,8 +187,8 @@ def _machine(rt, feats):
         def decide_and_show(self, member, channel):
             ans = rt.next_best_offer(member, channel, self.clock, 3)
             f = feats.loc[member]
-            chosen = [o["offer_id"] for o in ans["offers"]]
-            if ans["personalised"]:
+            chosen = [o.offer_id for o in ans.offers]
+            if ans.personalised:
                 assert bool(f["consent_personalisation"]) and member not in self.opted_out
             if chosen and channel != "app":
                 assert bool(f[f"consent_{channel}"])
@@ -203,9 +206,9 @@ def _machine(rt, feats):
 
         @rule(member=st.sampled_from(members))
         def redeem_last_shown(self, member):
-            shown = rt.next_best_offer(member, "app", self.clock, 1)["offers"]
+            shown = rt.next_best_offer(member, "app", self.clock, 1).offers
             if shown:
-                o = shown[0]["offer_id"]
+                o = shown[0].offer_id
                 self._feedback(member, "redemption", offer_id=o, channel="app")
                 self.redeemed.setdefault(member, set()).add(o)
                 self.sent_per_offer[o] = self.sent_per_offer.get(o, 0) + 1

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import mlflow
 
+from kernel.settings import Settings
 from tests.conftest import run_cli
-from training.settings import Settings
 from training.tracking import configure
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from serving import decisions
-from serving.launch import ServerProcess, free_port, service_cmd
+from serving.launch import ServerProcess, free_port, service_cmd, service_env
 
 KEY = "test-key"
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ class Service(ServerProcess):
             "LOYALTY_FEATURE_TIMEOUT_MS": "5000",
             **env,
         }
-        super().__init__(service_cmd(port), port, log, env)
+        super().__init__(service_cmd(port), port, log, service_env(env))
 
     def start(self, ready_path: str = "/readyz", timeout: float = 180) -> Service:
         self.ready_path = ready_path
@@ -59,7 +59,7 @@ def service(settings, trained, tmp_path_factory):
 def members(settings, pipeline):
     """Online features of a few hundred members, to pick test subjects by consent, tier, channel."""
     from features.store import online_features
-    from training.data.ingest import load_curated
+    from kernel.curated import load_curated
 
     ids = load_curated(settings, "members")["member_id"].head(400).tolist()
     return online_features(pipeline["store"], ids, int(pipeline["end"].timestamp())).dropna(subset=["tier"])
@@ -81,7 +81,7 @@ def _member_with_offers(service, members, mask=None) -> pd.Series:
 
 
 def _offers(settings) -> pd.DataFrame:
-    from training.data.ingest import load_curated
+    from kernel.curated import load_curated
 
     return load_curated(settings, "offers").set_index("offer_id")
 
@@ -237,7 +237,7 @@ def test_unknown_member_gets_a_flagged_cold_start_answer(service):
 
 
 def test_recommendations_exclude_owned_items_and_apply_category_filters(service, settings, members):
-    from training.data.ingest import load_curated
+    from kernel.curated import load_curated
 
     txn = load_curated(settings, "transactions")
     m = members[members["consent_personalisation"].astype(bool)].iloc[3]["member_id"]
@@ -310,6 +310,7 @@ def test_slow_feature_store_degrades_instead_of_failing(settings, trained, tmp_p
         svc.stop()
 
 
+@pytest.mark.unit
 def test_budget_allocation_respects_budget_stock_and_one_offer_per_member():
     rng = np.random.default_rng(0)
     scored = pd.DataFrame(
@@ -341,7 +342,7 @@ def test_score_batch_cli_allocates_under_budget(settings, trained, tmp_path):
         [
             sys.executable,
             "-m",
-            "training.cli",
+            "cli",
             "score-batch",
             str(tmp_path / "campaign.parquet"),
             "--budget",
@@ -362,7 +363,7 @@ def test_score_batch_cli_allocates_under_budget(settings, trained, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("member_id\nM1\nbad id with spaces\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "training.cli", "score-batch", str(bad), "--budget", "5"],
+        [sys.executable, "-m", "cli", "score-batch", str(bad), "--budget", "5"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -387,15 +388,47 @@ def test_feedback_reaches_the_real_time_features(service, settings, pipeline, me
     assert row["days_since_last_purchase"] == pytest.approx(1.0)
 
 
-def test_bentoml_build_packages_the_service(tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+# what the serving Bento must never need: training code, the CLI, tuning, plotting, test tools
+NOT_IN_BENTO = ("training", "cli", "optuna", "matplotlib", "typer", "pytest", "hypothesis")
+IMPORT_BLOCKER = f"""import sys
+BLOCKED = {set(NOT_IN_BENTO)!r}
+class _NotInBento:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is not part of the serving Bento")
+sys.meta_path.insert(0, _NotInBento())
+"""
+
+
+def test_slim_bento_builds_and_serves_without_training_code(settings, trained, members, tmp_path):
+    home = tmp_path / "bentoml"
+    env = {**os.environ, "BENTOML_HOME": str(home)}
     proc = subprocess.run(
         [sys.executable, "-m", "bentoml", "build"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    src = next((tmp_path / "bentoml" / "bentos" / "loyalty_decisions").glob("*/src"))
-    assert (src / "serving" / "service.py").exists() and (src / "models" / "uplift.py").exists()
+    bento = next((home / "bentos" / "loyalty_decisions").glob("*/src")).parent
+    src = bento / "src"
+    assert {p.name for p in src.iterdir() if p.is_dir()} == {"kernel", "features", "models", "serving"}
     assert not (src / "tests").exists() and not (src / ".loyalty").exists()
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
+    assert not [p for p in NOT_IN_BENTO if re.search(rf"^{p}\b", requirements, re.M)]
+
+    # serve the built Bento from its own folder, with everything it must not need unimportable
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(IMPORT_BLOCKER)
+    svc = Service(settings, tmp_path / "bento.log", BENTOML_HOME=str(home), PYTHONPATH=str(blocker))
+    svc.cmd = [sys.executable, "-m", "bentoml", "serve", "loyalty_decisions:latest", "--port", str(svc.port)]
+    svc.cwd = tmp_path  # not the checkout: only the Bento's own code is there to import
+    with svc:
+        ready = httpx.get(svc.url + "/readyz", timeout=10)
+        assert ready.status_code == 200
+        member = members.loc[members["consent_personalisation"].astype(bool), "member_id"].iloc[0]
+        res = svc.post("/next_best_offer", {"member_id": member, "max_results": 3})
+        assert res.status_code == 200 and res.json()["personalised"] and not res.json()["degraded"]
+        assert svc.post("/churn_risk", {"member_id": member}).json()["churn_probability"] is not None
+    assert "is not part of the serving Bento" not in svc.tail(100_000)
 
 
 def test_nbo_batch_decides_each_member_like_the_single_endpoint(service, members):

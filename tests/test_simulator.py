@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from training.data.simulator import SimConfig, simulate
@@ -9,6 +10,7 @@ def _read(root, name):
     return pd.read_parquet(root / f"{name}.parquet")
 
 
+@pytest.mark.unit
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     simulate(SimConfig(n_members=400, seed=3), a, progress=False)

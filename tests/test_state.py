@@ -35,6 +35,7 @@ def _drop(prefix):
     engine.dispose()
 
 
+@pytest.mark.unit
 def test_feedback_is_idempotent_and_counters_follow_new_events_only(tmp_path):
     for name, state, prefix in _states(tmp_path):
         try:
@@ -57,6 +58,7 @@ def test_feedback_is_idempotent_and_counters_follow_new_events_only(tmp_path):
                 _drop(prefix)
 
 
+@pytest.mark.unit
 def test_replicas_starting_together_share_one_schema(tmp_path):
     if not reachable("127.0.0.1", 5432):
         pytest.skip("PostgreSQL on 127.0.0.1:5432 is not reachable")
@@ -81,6 +83,7 @@ def test_replicas_starting_together_share_one_schema(tmp_path):
         _drop(prefix)
 
 
+@pytest.mark.unit
 def test_database_from_before_the_counters_is_backfilled(tmp_path):
     path = tmp_path / "old.db"
     ServingState(path, "k").add_feedback([_event(1), _event(2), _event(3, offer="O2")])
@@ -91,6 +94,7 @@ def test_database_from_before_the_counters_is_backfilled(tmp_path):
     assert ServingState(path, "k").redemptions_by_offer() == {"O1": 2, "O2": 1}
 
 
+@pytest.mark.unit
 def test_unreachable_state_store_is_a_clear_error():
     with pytest.raises(StateUnavailable, match="serving state unavailable"):
         ServingState("postgresql+psycopg://postgres@127.0.0.1:9/none", "k")

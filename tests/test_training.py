@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import cli_args
 from training.registry import CHALLENGER, CHAMPION, alias_version, history, promote
 from training.tracking import configure
 
@@ -91,7 +92,7 @@ def test_every_job_is_logged_with_lineage_plots_and_a_loadable_model(settings, t
 
 
 def test_run_artifacts_carry_no_member_ids(settings, trained):
-    from training.data.ingest import load_curated
+    from kernel.curated import load_curated
 
     members = set(load_curated(settings, "members")["member_id"].head(200))
     for res in trained.values():
@@ -138,8 +139,7 @@ def test_promotion_refuses_a_worse_challenger_and_audits_it(settings, trained):
 
 
 def test_a_failed_or_interrupted_job_registers_nothing(settings, trained, monkeypatch):
-    from training import registry
-    from training.evaluation import plots
+    from training import plots, registry
     from training.jobs import clv
 
     configure(settings)
@@ -187,7 +187,7 @@ def test_ctrl_c_to_a_real_training_process_leaves_the_registry_as_it_was(setting
     started_runs = len(mlflow.search_runs(filter_string="tags.job = 'churn'"))
     log = (tmp_path / "train.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "train", "churn"],
+        [sys.executable, "-m", "cli", "train", "churn"],
         env={**os.environ, "LOYALTY_DATA_DIR": str(settings.data_dir)},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -208,16 +208,16 @@ def test_ctrl_c_to_a_real_training_process_leaves_the_registry_as_it_was(setting
 def test_cli_train_and_models_commands(settings, trained):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from cli.main import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["models", "list"])
+    res = runner.invoke(app, cli_args(settings, "models", "list"))
     assert res.exit_code == 0 and settings.model_name("uplift") in res.output
-    res = runner.invoke(app, ["models", "promote", "nonsense"])
+    res = runner.invoke(app, cli_args(settings, "models", "promote", "nonsense"))
     assert res.exit_code == 2 and "job must be one of" in res.output
-    res = runner.invoke(app, ["models", "history", "churn"])
+    res = runner.invoke(app, cli_args(settings, "models", "history", "churn"))
     assert res.exit_code == 0 and "bootstrapped" in res.output
-    res = runner.invoke(app, ["train", "fraud"])
+    res = runner.invoke(app, cli_args(settings, "train", "fraud"))
     assert res.exit_code == 0, res.output
     assert "false_positive_rate" in res.output
 

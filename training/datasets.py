@@ -1,6 +1,6 @@
 """Training and holdout sets: labels from curated tables, features from Feast (point in time).
 
-Time layout (``cutoff`` from :func:`training.data.ingest.dataset_cutoff`): models train on
+Time layout (``cutoff`` from :func:`kernel.curated.dataset_cutoff`): models train on
 label windows that close before the cutoff, and are evaluated on the window after it, so
 no training label is observed after the moment the model would have been deployed.
 """
@@ -13,8 +13,8 @@ import pandas as pd
 from feast import FeatureStore
 
 from features.store import get_store, training_frame
-from training.data.ingest import dataset_cutoff, load_curated, read_meta
-from training.settings import Settings
+from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
+from kernel.settings import Settings
 
 
 @dataclass
@@ -65,8 +65,7 @@ def training_times(ctx: TrainingContext, n: int) -> list[pd.Timestamp]:
 
 
 def orders(settings: Settings) -> pd.DataFrame:
-    txn = load_curated(settings, "transactions")
-    return txn.groupby(["member_id", "order_id"], as_index=False).agg(ts=("ts", "min"), amount=("amount", "sum"))
+    return order_totals(load_curated(settings, "transactions"))
 
 
 def member_labels(order_table: pd.DataFrame, times: list[pd.Timestamp], window: pd.Timedelta) -> pd.DataFrame:
@@ -100,15 +99,3 @@ def with_features(ctx: TrainingContext, entity_df: pd.DataFrame, service: str) -
 def feature_refs(ctx: TrainingContext, service: str) -> list[str]:
     fs = ctx.store.get_feature_service(service)
     return [f"{p.name}:{f.name}" for p in fs.feature_view_projections for f in p.features]
-
-
-def exposures(settings: Settings) -> pd.DataFrame:
-    """Exposures joined with their responses (no response row = no conversion)."""
-    exp = load_curated(settings, "exposures")
-    resp = load_curated(settings, "responses")
-    resp = resp.drop_duplicates("exposure_id")[["exposure_id", "redeemed", "converted", "revenue"]]
-    out = exp.merge(resp, on="exposure_id", how="left")
-    for col in ("redeemed", "converted"):
-        out[col] = out[col].astype("boolean").fillna(False).astype(bool)
-    out["revenue"] = out["revenue"].fillna(0.0)
-    return out

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from training.settings import Settings
+from kernel.settings import Settings
 
 
 @contextlib.contextmanager
@@ -64,9 +64,10 @@ def churn_scores(settings: Settings, engine: str = "local", as_of: pd.Timestamp 
     point-in-time features from the offline store, scored in process or on the Dask cluster."""
     from functools import partial
 
-    from training.data.ingest import load_curated
+    from kernel.constants import CHAMPION
+    from kernel.curated import load_curated
+    from kernel.model_store import load_estimator
     from training.datasets import context, with_features
-    from training.registry import CHAMPION, load_estimator
     from training.tracking import configure
 
     if engine not in ("local", "dask"):

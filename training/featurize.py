@@ -13,22 +13,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.store import write_offline_table
-from training.data.ingest import dataset_cutoff, load_curated, read_meta
+from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
+from kernel.settings import Settings
 from training.data.tiers import tier_from_spend, tier_names
-from training.settings import Settings
 
 WINDOWS = (30, 90, 365)
 HIGH_CONSUMPTION_ORDERS_90D = 2  # health quadrant: consumption activity threshold
 HIGH_INTERACTION_EVENTS_30D = 1  # health quadrant: opens + clicks in the last 30 days
-FEATURE_TABLES = (
-    "member_rfm",
-    "member_profile",
-    "member_affinity",
-    "member_points",
-    "member_engagement",
-    "member_consent",
-    "member_realtime",
-)
 
 
 def snapshot_times(
@@ -178,7 +169,7 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
     ledger = load_curated(settings, "points_ledger")
     eng = load_curated(settings, "engagement")
     lines = txn.assign(category_l1=txn["item_id"].map(items["category_l1"]).fillna("UNKNOWN"))
-    orders = txn.groupby(["member_id", "order_id"], as_index=False).agg(ts=("ts", "min"), amount=("amount", "sum"))
+    orders = order_totals(txn)
     start = min(txn["ts"].min(), members["join_date"].min()) if len(txn) else members["join_date"].min()
     times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
 

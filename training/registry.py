@@ -18,10 +18,11 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from training.settings import Settings
+from kernel.constants import CHALLENGER, CHAMPION
+from kernel.model_store import alias_version, load_estimator
+from kernel.settings import Settings
 from training.tracking import configure
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 AUDIT_EXPERIMENT = "loyalty-registry-audit"
 
 
@@ -60,18 +61,6 @@ def load_holdout(settings: Settings, name: str) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- aliases
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        return None
-
-
-def load_estimator(name: str, alias_or_version: str):
-    ref = f"@{alias_or_version}" if not str(alias_or_version).isdigit() else f"/{alias_or_version}"
-    return mlflow.pyfunc.load_model(f"models:/{name}{ref}").unwrap_python_model().estimator
-
-
 def register(
     settings: Settings, job: str, model_uri: str, run_id: str, metric: str, score: float, holdout: str
 ) -> Decision:

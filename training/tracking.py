@@ -14,15 +14,14 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from kernel.model_store import use_tracking_store
+from kernel.settings import PROJECT_ROOT, Settings
 from models.pyfunc import LoyaltyModel
-from training.settings import PROJECT_ROOT, Settings
 
 
 def configure(settings: Settings, experiment: str | None = None) -> str:
     """Point MLflow at the profile's tracking/registry store; create the experiment; return its id."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    use_tracking_store(settings)
     name = experiment or settings.experiment_name
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data.contracts import CONTRACTS
+from kernel.contracts import CONTRACTS
 from training.data.points import derive_points_ledger
 from training.data.tiers import tier_from_spend, tier_names
 

@@ -9,10 +9,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from kernel.contracts import ContractError, validate
+from kernel.curated import write_meta
+from kernel.settings import Settings
 from training.data.adapters import ADAPTERS, AdapterOutput
-from training.data.contracts import CONTRACTS, ContractError, validate
 from training.data.simulator import SimConfig, simulate
-from training.settings import Settings
 
 # (table, column) -> (parent table, parent key): rows pointing at unknown parents are quarantined
 REFERENCES = {
@@ -26,29 +27,6 @@ REFERENCES = {
 }
 # validate parents before children
 ORDER = ["members", "items", "offers", "transactions", "exposures", "responses", "engagement", "points_ledger"]
-
-
-def write_meta(settings: Settings, meta: dict) -> None:
-    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
-    (settings.dataset_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-
-
-def read_meta(settings: Settings) -> dict:
-    path = settings.dataset_dir / "meta.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run `loyalty-ml data load` for dataset {settings.dataset!r} first")
-    return json.loads(path.read_text())
-
-
-def dataset_cutoff(meta: dict, settings: Settings) -> pd.Timestamp:
-    """Training cutoff: models see data before it and are evaluated on the label window after it.
-
-    The simulator records its cutoff (where its churn ground truth is exact); public data
-    sets use their last ``label_window_days`` days as the holdout window.
-    """
-    if meta.get("cutoff") is not None and int(meta.get("label_window_days", -1)) == settings.label_window_days:
-        return pd.Timestamp(meta["cutoff"])
-    return pd.Timestamp(meta["end"]) - pd.Timedelta(days=settings.label_window_days)
 
 
 def simulate_dataset(settings: Settings, n_members: int, seed: int | None = None, progress: bool = True) -> dict:
@@ -165,12 +143,3 @@ def print_report(report: dict, console: Console | None = None) -> None:
             str(r["rejected_by_adapter"]),
         )
     (console or Console()).print(table)
-
-
-def load_curated(settings: Settings, table: str) -> pd.DataFrame:
-    if table not in CONTRACTS:
-        raise ValueError(f"unknown table {table!r}")
-    path = settings.curated_dir / f"{table}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run `loyalty-ml data validate` first")
-    return pd.read_parquet(path)

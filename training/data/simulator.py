@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from training.data.contracts import TIERS
+from kernel.contracts import TIERS
 from training.data.points import derive_points_ledger
 from training.data.tiers import tier_from_spend, tier_names
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data.contracts import TIERS
+from kernel.contracts import TIERS
 
 # Trailing-365-day spend needed for each tier (currency units; 1 point per unit).
 TIER_THRESHOLDS = {"Regular": 0.0, "Silver": 300.0, "Gold": 1000.0, "Platinum": 3000.0}

@@ -19,7 +19,7 @@ def ranking_metrics(recommended: list, relevant: list[set], ks=KS, n_items: int 
         prec, rec, ndcg, ap, seen = [], [], [], [], set()
         discounts = 1.0 / np.log2(np.arange(2, k + 2))
         for i in keep:
-            recs = list(recommended[i])[:k]
+            recs = list(dict.fromkeys(recommended[i]))[:k]  # a repeated item is one recommendation
             rel = relevant[i]
             seen.update(recs)
             hits = np.array([r in rel for r in recs], dtype=float)

@@ -76,23 +76,6 @@ def validate_on_simulator(
     return pd.DataFrame([est])
 
 
-# --------------------------------------------------------------------------- from the service's logs
-def logged_from_service(state, reward_event: str = "redemption") -> pd.DataFrame:
-    """Personalised next-best-offer decisions with their propensity, scored candidates and reward,
-    from a :class:`serving.state.ServingState`.
-
-    Reward = 1 when a ``reward_event`` feedback event names the decision and its first offer.
-    """
-    import json
-
-    dec = state.decision_log("next_best_offer")
-    fb = state.events(reward_event)
-    rewarded = set(zip(fb["decision_id"], fb["offer_id"], strict=True))
-    dec["reward"] = [float((d, a) in rewarded) for d, a in zip(dec["decision_id"], dec["action"], strict=True)]
-    dec["candidates"] = dec.pop("payload").map(lambda p: json.loads(p).get("candidates", []))
-    return dec[dec["candidates"].map(len) > 0].reset_index(drop=True)
-
-
 def evaluate_logged(logged: pd.DataFrame, candidate_score: str) -> dict:
     """Value of the policy that picks, among each decision's logged candidates, the highest
     ``candidate_score`` (``value`` or ``p_redeem``); reward model q = the logged P(redeem)."""

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 
+from kernel.constants import JOB_NAMES
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -33,4 +35,4 @@ class JobSpec:
         return self._mod.score_holdout(estimator, holdout)
 
 
-JOBS = {name: JobSpec(name, f"training.jobs.{name}") for name in ("cf", "churn", "uplift", "clv", "fraud")}
+JOBS = {name: JobSpec(name, f"training.jobs.{name}") for name in JOB_NAMES}

@@ -16,13 +16,13 @@ import optuna
 import pandas as pd
 from tqdm import tqdm
 
+from kernel.curated import load_curated
+from kernel.settings import Settings
 from models.cf import ALGORITHMS, CFRecommender, PopularityRecommender, interaction_weights
-from training.data.ingest import load_curated
+from training import plots
 from training.datasets import context
-from training.evaluation import plots
 from training.evaluation.metrics import KS, ranking_metrics
 from training.jobs.common import JobResult, finish, log_metrics
-from training.settings import Settings
 from training.tracking import job_run, log_figure, log_table
 
 METRIC, MARGIN = "ndcg_at_10", 0.002

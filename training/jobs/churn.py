@@ -6,12 +6,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from kernel.settings import Settings
 from models.churn import ChurnModel
+from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, with_features
-from training.evaluation import plots
 from training.evaluation.metrics import classification_metrics, lift_table
 from training.jobs.common import JobResult, finish, log_metrics, model_input
-from training.settings import Settings
 from training.tracking import job_run, log_figure, log_table
 
 SERVICE = "churn_v1"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
+from kernel.settings import Settings
 from models.clv import CLVModel
+from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, with_features
-from training.evaluation import plots
 from training.evaluation.metrics import value_metrics
 from training.jobs.churn import features_only
 from training.jobs.common import JobResult, finish, log_metrics, model_input
-from training.settings import Settings
 from training.tracking import job_run, log_figure, log_table
 
 SERVICE = "churn_v1"  # the same member state drives both risk and value

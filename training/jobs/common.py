@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
+from kernel.settings import Settings
 from training.registry import Decision, register, save_holdout
-from training.settings import Settings
 from training.tracking import log_model
 
 

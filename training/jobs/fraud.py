@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from kernel.curated import load_curated
+from kernel.settings import Settings
 from models.fraud import PointsFraudDetector, ledger_features
-from training.data.ingest import load_curated
+from training import plots
 from training.datasets import context
-from training.evaluation import plots
 from training.evaluation.metrics import alert_metrics
 from training.jobs.common import JobResult, finish, log_metrics
-from training.settings import Settings
 from training.tracking import job_run, log_figure, log_table
 
 METRIC, MARGIN = "recall", 0.0

@@ -11,13 +11,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from kernel.curated import exposures_with_responses, load_curated
+from kernel.settings import Settings
 from models.uplift import PropensityModel, UpliftModel, pair_features
-from training.data.ingest import load_curated
-from training.datasets import context, exposures, feature_refs, with_features
-from training.evaluation import plots
+from training import plots
+from training.datasets import context, feature_refs, with_features
 from training.evaluation.metrics import classification_metrics, uplift_metrics
 from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics, model_input
-from training.settings import Settings
 from training.tracking import job_run, log_figure, log_table
 
 SERVICE = "offer_v1"
@@ -52,7 +52,7 @@ def split_by_campaign(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
 
 def run(settings: Settings, learner: str = "t", params: dict | None = None, register_model: bool = True) -> JobResult:
     ctx = context(settings)
-    exp = exposures(settings)
+    exp = exposures_with_responses(settings)
     if exp.empty or exp["campaign_id"].nunique() == 0:
         raise JobNotApplicable(f"dataset {settings.dataset!r} has no campaign exposures: no offer model to train")
     offers = load_curated(settings, "offers")

@@ -13,12 +13,13 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from kernel.constants import CONTACT_CHANNELS
+
 TIERS = ["Regular", "Silver", "Gold", "Platinum"]
 TXN_CHANNELS = ["store", "online", "app", "campaign"]
 OFFER_KINDS = ["coupon", "discount", "points_multiplier", "gift", "service"]
 SCENE_DIMENSIONS = ["time", "space", "social", "need"]
 VALUE_DIMENSIONS = ["material", "emotional", "social", "development"]
-CONTACT_CHANNELS = ["push", "sms", "email"]
 ENGAGEMENT_EVENTS = ["send", "open", "click"]
 LEDGER_KINDS = ["earn", "burn", "expire", "adjust", "freeze"]
 
@@ -90,7 +91,7 @@ class Exposures(_Base):
     member_id: Series[str] = pa.Field(str_length={"min_value": 1})
     offer_id: Series[str]
     ts: Series[pd.Timestamp]
-    channel: Series[str] = pa.Field(isin=CONTACT_CHANNELS + ["mail", "store"])
+    channel: Series[str] = pa.Field(isin=[*CONTACT_CHANNELS, "mail", "store"])
     treatment: Series[bool]
     propensity: Series[float] = pa.Field(gt=0, le=1, nullable=True)  # null: not logged
 
@@ -112,7 +113,7 @@ class Responses(_Base):
 class Engagement(_Base):
     member_id: Series[str] = pa.Field(str_length={"min_value": 1})
     ts: Series[pd.Timestamp]
-    channel: Series[str] = pa.Field(isin=CONTACT_CHANNELS)
+    channel: Series[str] = pa.Field(isin=list(CONTACT_CHANNELS))
     event: Series[str] = pa.Field(isin=ENGAGEMENT_EVENTS)
     hour: Series[int] = pa.Field(ge=0, le=23)
 

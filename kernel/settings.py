@@ -1,15 +1,17 @@
 """One typed settings object for paths, URIs and the deployment profile.
 
 Every value can be overridden with an environment variable prefixed ``LOYALTY_``
-(e.g. ``LOYALTY_PROFILE=production``, ``LOYALTY_DATA_DIR=/srv/loyalty``).
+(e.g. ``LOYALTY_PROFILE=production``, ``LOYALTY_DATA_DIR=/srv/loyalty``). The environment is
+read when a ``Settings()`` is made (by the CLI, the service's constructor, a test), never at
+import; keyword arguments win over the environment.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 from enum import StrEnum
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -31,7 +33,7 @@ class Settings(BaseSettings):
     shared_data_dir: Path = Field(default=PROJECT_ROOT.parent / "shared" / "data")
     feature_repo_dir: Path = Field(default=PROJECT_ROOT / "features")
     feast_project: str = "loyalty"
-    dataset: str = "simulated"  # simulated | online_retail | complete_journey
+    dataset: str = Field(default="simulated", pattern=r"^[a-z0-9_]+$")  # simulated | online_retail | ...
 
     redis_url: str = "127.0.0.1:6379"  # Feast's connection string: host:port[,password=...,ssl=true]
     postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # SQLAlchemy URL
@@ -145,7 +147,10 @@ class Settings(BaseSettings):
             return self.postgres_url
         return f"sqlite:///{self.data_dir / 'mlflow.db'}"
 
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
+    def to_env(self) -> dict[str, str]:
+        """The ``LOYALTY_*`` variables that make a child process (the service) see these settings."""
+        return {
+            f"LOYALTY_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
+            for name, value in self.model_dump(mode="json").items()
+            if value is not None
+        }

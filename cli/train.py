@@ -1,0 +1,206 @@
+"""``loyalty-ml train|models|evaluate ...``: training jobs, the registry, evaluation reports."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import typer
+
+from cli.common import console, fail, settings_of
+from kernel.constants import JOB_NAMES
+from kernel.settings import Profile, Settings
+
+train_app = typer.Typer(help="Train, evaluate, log to MLflow and register models.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models: aliases, promotion gate, audit history.", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Evaluate campaigns against their control groups.", no_args_is_help=True)
+
+
+def _train(settings: Settings, jobs: list[str], **options) -> dict:
+    from rich.table import Table
+
+    from training.jobs import JOBS
+    from training.jobs.common import JobNotApplicable
+
+    results = {}
+    for name in jobs:
+        console.rule(f"train {name}")
+        kwargs = {k: v for k, v in options.get(name, {}).items() if v is not None}
+        started = time.perf_counter()
+        try:
+            results[name] = JOBS[name].run(settings, **kwargs)
+        except JobNotApplicable as err:
+            if len(jobs) == 1:
+                fail(err)
+            console.print(f"[yellow]skipped {name}:[/yellow] {err}")
+            continue
+        except (FileNotFoundError, ValueError) as err:
+            fail(err)
+        res = results[name]
+        seconds = time.perf_counter() - started
+        table = Table(title=f"{name}: holdout metrics (run {res.run_id[:8]}, {seconds:.0f} s)")
+        shown = res.comparison.T
+        shown = shown.loc[[m for m in shown.index if not m.startswith(("val_", "members_")) and m != "n"]].head(14)
+        table.add_column("metric")
+        for model in shown.columns:
+            table.add_column(str(model), justify="right")
+        for metric, row in shown.iterrows():
+            table.add_row(str(metric), *[f"{v:.4f}" if pd.notna(v) else "-" for v in row])
+        console.print(table)
+        for note in res.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        if res.decision:
+            console.print(f"registered {res.decision.model} v{res.decision.version}: {res.decision.reason}")
+    return results
+
+
+@train_app.command("all")
+def train_all(
+    ctx: typer.Context, trials: int | None = typer.Option(None, help="optuna trials per CF algorithm")
+) -> None:
+    """Every job in turn: cf, churn, uplift, clv, fraud."""
+    _train(settings_of(ctx), list(JOB_NAMES), cf={"trials": trials})
+
+
+@train_app.command("cf")
+def train_cf(
+    ctx: typer.Context,
+    trials: int | None = typer.Option(None, help="optuna trials per algorithm (default: settings)"),
+    algorithm: list[str] = typer.Option(None, help="als | bpr | item_item (repeatable; default all)"),
+) -> None:
+    """Collaborative filtering (implicit ALS/BPR/item-item) vs popularity and the oracle."""
+    _train(settings_of(ctx), ["cf"], cf={"trials": trials, "algorithms": tuple(algorithm) if algorithm else None})
+
+
+@train_app.command("churn")
+def train_churn(
+    ctx: typer.Context,
+    snapshots: int = typer.Option(6, min=1, help="training cutoffs before the holdout"),
+    calibration: str = typer.Option("isotonic", help="isotonic | platt"),
+    engine: str = typer.Option("local", help="local | dask (LOYALTY_DASK_SCHEDULER, or a local cluster)"),
+) -> None:
+    """Churn risk (LightGBM, calibrated) vs recency-only and the oracle."""
+    if engine not in ("local", "dask"):
+        fail(ValueError(f"--engine must be 'local' or 'dask', not {engine!r}"))
+    _train(settings_of(ctx), ["churn"], churn={"n_snapshots": snapshots, "calibration": calibration, "engine": engine})
+
+
+@train_app.command("uplift")
+def train_uplift(ctx: typer.Context, learner: str = typer.Option("t", help="t | x")) -> None:
+    """Offer propensity and uplift (T-/X-learner) vs propensity-only, random and the oracle."""
+    _train(settings_of(ctx), ["uplift"], uplift={"learner": learner})
+
+
+@train_app.command("clv")
+def train_clv(ctx: typer.Context, snapshots: int = typer.Option(6, min=1)) -> None:
+    """Expected value (LightGBM Tweedie), 12-month CLV, LoyaltyIndex and RFM segments."""
+    _train(settings_of(ctx), ["clv"], clv={"n_snapshots": snapshots})
+
+
+@train_app.command("fraud")
+def train_fraud(ctx: typer.Context, max_fpr: float = typer.Option(0.003, min=0.0, max=1.0)) -> None:
+    """Points-farming anomalies at a false-positive-rate budget."""
+    _train(settings_of(ctx), ["fraud"], fraud={"max_fpr": max_fpr})
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context) -> None:
+    """Registered models of the active dataset with their champion / challenger versions."""
+    from mlflow.tracking import MlflowClient
+
+    from kernel.constants import CHALLENGER, CHAMPION
+    from kernel.model_store import alias_version, use_tracking_store
+
+    use_tracking_store(settings_of(ctx))
+    client = MlflowClient()
+    for job in JOB_NAMES:
+        name = settings_of(ctx).model_name(job)
+        champion, challenger = alias_version(client, name, CHAMPION), alias_version(client, name, CHALLENGER)
+        console.print(f"{name:32s} champion={champion or '-':>4}  challenger={challenger or '-':>4}")
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="cf | churn | uplift | clv | fraud"),
+    margin: float | None = typer.Option(None, help="required improvement (default: the job's margin)"),
+) -> None:
+    """Promote the challenger if it beats the champion on the same holdout by the margin."""
+    from training.registry import promote
+
+    if job not in JOB_NAMES:
+        fail(ValueError(f"job must be one of {JOB_NAMES}, not {job!r}"))
+    try:
+        decision = promote(settings_of(ctx), job, margin)
+    except (FileNotFoundError, ValueError) as err:
+        fail(err)
+    color = "green" if decision.action == "promoted" else "yellow"
+    console.print(f"[{color}]{decision.action}[/{color}] {decision.model} v{decision.version}: {decision.reason}")
+    if decision.action != "promoted":
+        raise typer.Exit(code=1)
+
+
+@models_app.command("history")
+def models_history(ctx: typer.Context, job: str | None = typer.Argument(None)) -> None:
+    """Audit trail: every alias move and refused promotion (who, what, when, scores)."""
+    from training.registry import history
+
+    df = history(settings_of(ctx), job)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 80):
+        console.print(df.to_string(index=False) if not df.empty else "no registry events yet")
+
+
+@evaluate_app.command("campaign")
+def evaluate_campaign(
+    ctx: typer.Context,
+    campaign: str | None = typer.Option(None, help="campaign id (default: every campaign)"),
+    segment: list[str] = typer.Option(["tier"], help="tier | lifecycle_stage (repeatable)"),
+) -> None:
+    """Lift vs control with CIs and p-values, benefit ROI and its decision, per campaign/offer/segment."""
+    from training.jobs.evaluate import evaluate_campaigns
+
+    try:
+        out = evaluate_campaigns(settings_of(ctx), campaign, tuple(segment))
+    except (ValueError, FileNotFoundError) as err:
+        fail(err)
+    cols = [
+        "treated",
+        "control",
+        "conversion_lift",
+        "conversion_p_value",
+        "incremental_revenue",
+        "benefit_cost",
+        "roi",
+        "decision",
+    ]
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        for name, table in out["tables"].items():
+            console.rule(f"by {name}")
+            console.print(table.set_index(table.columns[0])[cols].to_string())
+    for note in out["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"report: {out['report']} (also in MLflow run {out['run_id'][:8]})")
+
+
+@evaluate_app.command("policy")
+def evaluate_policy(
+    ctx: typer.Context,
+    candidate: str = typer.Option("p_redeem", help="re-rank the logged candidates by: value | p_redeem"),
+    reward_event: str = typer.Option("redemption", help="feedback event that counts as the reward"),
+) -> None:
+    """Off-policy value (IPS, SNIPS, DR) of a candidate policy from the service's decision log."""
+    from serving.state import ServingState
+    from training.evaluation.ope import evaluate_logged
+    from training.jobs.evaluate import logged_from_service
+
+    s = settings_of(ctx)
+    if candidate not in ("value", "p_redeem"):
+        fail(ValueError(f"candidate must be 'value' or 'p_redeem', not {candidate!r}"))
+    if s.profile is Profile.embedded and not s.serving_db.exists():
+        fail(FileNotFoundError(f"{s.serving_db} missing: the service has logged no decisions yet"))
+    logged = logged_from_service(
+        ServingState(s.serving_state_url, s.pseudonym_key, s.serving_state_prefix), reward_event
+    )
+    if logged.empty:
+        fail(ValueError("no personalised decisions with candidates in the log"))
+    console.print(evaluate_logged(logged, candidate))

@@ -1,0 +1,65 @@
+"""The model store as readers see it: the profile's MLflow registry, aliases, champion loading.
+
+Writing (registering, the promotion gate, the audit trail) belongs to ``training.registry``;
+the decision service and batch scoring only read champions through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from kernel.constants import CHAMPION, SERVED_JOBS
+from kernel.settings import Settings
+
+log = logging.getLogger("loyalty.models")
+
+
+def use_tracking_store(settings: Settings) -> None:
+    """Point MLflow's tracking and registry clients at the profile's store."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+def load_estimator(name: str, alias_or_version: str):
+    """The estimator inside a registered pyfunc (``models.pyfunc.LoyaltyModel``), by alias or version."""
+    ref = f"@{alias_or_version}" if not str(alias_or_version).isdigit() else f"/{alias_or_version}"
+    return mlflow.pyfunc.load_model(f"models:/{name}{ref}").unwrap_python_model().estimator
+
+
+@dataclass
+class Champions:
+    """The loaded champion of each job, its version, and why a missing one is missing."""
+
+    models: dict = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def load_champions(settings: Settings, jobs: tuple[str, ...] = SERVED_JOBS) -> Champions:
+    """Every job's ``champion``; a missing one is recorded, never raised (its endpoint degrades)."""
+    use_tracking_store(settings)
+    client = MlflowClient()
+    out = Champions()
+    for job in jobs:
+        name = settings.model_name(job)
+        try:
+            version = client.get_model_version_by_alias(name, CHAMPION).version
+            out.models[job] = load_estimator(name, version)
+            out.versions[job] = version
+        except Exception as err:  # reported by /readyz and in answers
+            out.errors[job] = f"{type(err).__name__}: {err}"
+            log.warning("no champion for %s: %s", name, err)
+    return out
