@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kernel.curated import load_curated
+
 
 def test_nbo_policy_beats_propensity_and_random_and_stays_below_the_oracle(settings, trained):
     from kernel.curated import load_curated
@@ -50,27 +52,28 @@ def test_off_policy_evaluation_from_the_services_own_decision_log(settings, trai
     from training.jobs.evaluate import logged_from_service
 
     state = ServingState(tmp_path / "ope.db", "k")
-    runtime = DecisionRuntime(settings.model_copy(update={"exploration_rate": 0.5}), state=state)
-    runtime.rng = np.random.default_rng(5)
+    runtime = DecisionRuntime(
+        settings.model_copy(update={"exploration_rate": 0.5}), state=state, rng=np.random.default_rng(5)
+    )
     truth = pd.read_parquet(settings.ground_truth_dir / "uplift.parquet").set_index(["member_id", "offer_id"])
     p_true = truth["p_convert_treated"]
     rng = np.random.default_rng(6)
     member_of = {}
     for m in load_curated(settings, "members")["member_id"].head(1500):
         ans = runtime.next_best_offer(m, "app", None, 1)
-        if not ans["personalised"] or not ans["offers"]:
+        if not ans.personalised or not ans.offers:
             continue
-        offer = ans["offers"][0]["offer_id"]
-        member_of[ans["decision_id"]] = m
+        offer = ans.offers[0].offer_id
+        member_of[ans.decision_id] = m
         if rng.random() < p_true[(m, offer)]:  # the member responds as the simulator says
             state.add_feedback(
                 [
                     {
-                        "event_id": ans["decision_id"],
+                        "event_id": ans.decision_id,
                         "member_id": m,
                         "event": "redemption",
                         "offer_id": offer,
-                        "decision_id": ans["decision_id"],
+                        "decision_id": ans.decision_id,
                         "ts": 1,
                     }
                 ]
@@ -83,3 +86,24 @@ def test_off_policy_evaluation_from_the_services_own_decision_log(settings, trai
         true = np.mean([p_true[(member_of[d], o)] for d, o in zip(logged["decision_id"], target, strict=True)])
         assert abs(est["ips"] - true) < 3 * est["ips_se"] + 0.01, (candidate, est, true)
         assert abs(est["dr"] - true) < 3 * est["dr_se"] + 0.01, (candidate, est, true)
+
+
+def test_a_seeded_runtime_reproduces_its_exploration(settings, trained, tmp_path):
+    """The same seed gives the same decisions, explorations and logged propensities; another seed does not."""
+    from serving.runtime import DecisionRuntime
+    from serving.state import ServingState
+
+    members = load_curated(settings, "members")["member_id"].head(300).tolist()
+
+    def decide(seed: int, name: str) -> list[tuple]:
+        runtime = DecisionRuntime(
+            settings.model_copy(update={"exploration_rate": 0.5, "seed": seed}),
+            state=ServingState(tmp_path / f"{name}.db", "k"),
+        )
+        answers = [runtime.next_best_offer(m, "app", None, 1) for m in members]
+        return [(a.offers[0].offer_id, a.propensity, a.explored) for a in answers if a.personalised and a.offers]
+
+    first = decide(11, "a")
+    assert len(first) > 50 and any(explored for _, _, explored in first)
+    assert decide(11, "b") == first
+    assert decide(12, "c") != first

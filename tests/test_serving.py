@@ -459,8 +459,8 @@ def test_unreachable_or_hanging_store_gives_degraded_default_answers(settings, t
     started = time.monotonic()
     answer = runtime.next_best_offer("M0000001", "app", None, 3)
     assert time.monotonic() - started < 1.5  # the timeout, not the hang, bounds the answer
-    assert answer["degraded"] and not answer["personalised"] and answer["offers"]
-    assert runtime.churn_risk(["M0000001"], None)[0]["degraded"]
+    assert answer.degraded and not answer.personalised and answer.offers
+    assert runtime.churn_risk(["M0000001"], None)[0].degraded
     assert runtime.ready()["ready"] is False
 
 
