@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
+from kernel.constants import CHAMPION
+from kernel.curated import load_curated
+from kernel.model_store import load_estimator
 from kernel.settings import Settings
+from training.datasets import context, with_features
+from training.tracking import configure
 
 
 @contextlib.contextmanager
@@ -62,14 +68,6 @@ def score_partitions(client, frame: pd.DataFrame, score_fn, n_partitions: int | 
 def churn_scores(settings: Settings, engine: str = "local", as_of: pd.Timestamp | None = None) -> pd.DataFrame:
     """Churn risk of every member as of ``as_of`` (default: the dataset's end) with the champion:
     point-in-time features from the offline store, scored in process or on the Dask cluster."""
-    from functools import partial
-
-    from kernel.constants import CHAMPION
-    from kernel.curated import load_curated
-    from kernel.model_store import load_estimator
-    from training.datasets import context, with_features
-    from training.tracking import configure
-
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)

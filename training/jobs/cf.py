@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 from tqdm import tqdm
 
+from features.store import training_frame
 from kernel.curated import load_curated
 from kernel.settings import Settings
 from models.cf import ALGORITHMS, CFRecommender, PopularityRecommender, interaction_weights
@@ -205,8 +206,6 @@ def run(
 
 def _segments(ctx, members) -> pd.Series:
     """Each member's tier at the cutoff (the cold-start popularity segment), from Feast."""
-    from features.store import training_frame
-
     entity = pd.DataFrame({"member_id": members, "event_timestamp": ctx.cutoff.tz_localize("UTC")})
     tiers = training_frame(ctx.store, entity, [SEGMENT_FEATURE])
     return tiers.set_index("member_id")["tier"].fillna("unknown")

@@ -10,6 +10,7 @@ from kernel.settings import Settings
 from models.churn import ChurnModel
 from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, with_features
+from training.distributed import dask_client
 from training.evaluation.metrics import classification_metrics, lift_table
 from training.jobs.common import JobResult, finish, log_metrics, model_input
 from training.tracking import job_run, log_figure, log_table
@@ -58,8 +59,6 @@ def run(
         model = ChurnModel(params=params, calibration=calibration, seed=settings.seed)
         fit_args = (features_only(train), train["churned"].to_numpy(), train["member_id"].to_numpy())
         if engine == "dask":
-            from training.distributed import dask_client
-
             with dask_client(settings) as client:
                 mlflow.log_param("dask_workers", len(client.scheduler_info()["workers"]))
                 model.fit(*fit_args, dask_client=client)
