@@ -41,11 +41,10 @@ def floor(settings, member_ids: list[str], n: int = 300) -> tuple[float, float]:
 
     from features.store import get_store, serving_feature_refs
     from kernel.curated import load_curated
+    from kernel.model_store import load_estimator, use_tracking_store
     from models.uplift import pair_features
-    from training.registry import load_estimator
-    from training.tracking import configure
 
-    configure(settings)
+    use_tracking_store(settings)
     store = get_store(settings)
     refs = serving_feature_refs(store)
     offers = load_curated(settings, "offers")
