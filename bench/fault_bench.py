@@ -321,7 +321,7 @@ def main() -> dict:
         "LOYALTY_REDIS_URL": f"127.0.0.1:{redis.port}",
         "LOYALTY_TUNING_TRIALS": "2",
         "LOYALTY_API_KEYS": KEY,
-        "LOYALTY_PSEUDONYM_KEY": "fault-bench",
+        "LOYALTY_PSEUDONYM_KEY": "fault-bench-pseudonym-key-of-32-bytes",
         "LOYALTY_FEATURE_TIMEOUT_MS": "1000",
     }
     svc = None

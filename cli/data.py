@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import typer
 
-from cli.common import console, fail, settings_of
+from cli.common import console, fail, require_dataset, settings_of
 from kernel.contracts import ContractError
 from kernel.settings import Settings
 from training.data.adapters import SharedDataMissing
@@ -54,6 +54,7 @@ def data_validate(ctx: typer.Context) -> None:
 @features_app.command("build")
 def features_build(ctx: typer.Context) -> None:
     """Compute point-in-time member feature snapshots into the offline store."""
+    require_dataset(settings_of(ctx))
     from training.featurize import build_feature_tables
 
     try:
@@ -76,6 +77,7 @@ def features_apply(ctx: typer.Context) -> None:
 @features_app.command("materialize")
 def features_materialize(ctx: typer.Context) -> None:
     """Load the latest feature values (as of the dataset's end) into the online store."""
+    require_dataset(settings_of(ctx))
     from features.store import materialize
     from kernel.curated import read_meta
 
@@ -85,6 +87,7 @@ def features_materialize(ctx: typer.Context) -> None:
 @features_app.command("show")
 def features_show(ctx: typer.Context, n: int = 3, member: list[str] = typer.Option(None)) -> None:
     """Print online features for a few members (as the decision service would read them)."""
+    require_dataset(settings_of(ctx))
     from features.store import get_store, online_features
     from kernel.curated import load_curated, read_meta
 

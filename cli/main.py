@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 
 from cli import serve as serve_cmds
 from cli.common import console, fail, settings_of
@@ -23,7 +22,7 @@ from cli.data import (
 )
 from cli.train import _train, evaluate_app, models_app, models_list, train_app
 from kernel.constants import JOB_NAMES
-from kernel.settings import Profile, Settings
+from kernel.settings import Profile, Settings, settings_error
 
 app = typer.Typer(help="Loyalty decision service: data, features, training, serving.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -45,9 +44,8 @@ def main(
     flags = {"dataset": dataset, "profile": profile, "data_dir": data_dir}
     try:
         ctx.obj = Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as err:
-        first = err.errors()[0]
-        fail(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    except ValueError as err:  # invalid values, unsafe production secrets, unreadable secret files
+        fail(settings_error(err))
 
 
 @app.command("demo")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from cli.common import console, fail, settings_of
+from cli.common import console, fail, require_dataset, settings_of
 from kernel.constants import MEMBER_ID_MAX_LENGTH, MEMBER_ID_PATTERN
 from kernel.settings import Settings
 
@@ -26,6 +26,7 @@ def score_churn(
     as_of: str | None = typer.Option(None, help="score as of this date (default: the dataset's end)"),
 ) -> None:
     """Churn risk of every member with the champion (offline features), for CRM lists and care tasks."""
+    require_dataset(settings_of(ctx))
     from training.distributed import churn_scores
 
     started = time.perf_counter()
@@ -45,6 +46,7 @@ def score_batch(
     out: Path = typer.Option(Path("allocation.parquet"), help="where the chosen (member, offer) rows go"),
 ) -> None:
     """Decide offers for a member list with the service's decision code, under a budget and stock."""
+    require_dataset(settings_of(ctx))
     from serving import decisions
     from serving.runtime import DecisionRuntime
 
@@ -69,7 +71,11 @@ def score_batch(
     console.print(summary | {"skipped": skipped, "out": str(out)})
 
 
-def serve(ctx: typer.Context, port: int = typer.Option(3000, help="HTTP port")) -> None:
+def serve(
+    ctx: typer.Context,
+    port: int = typer.Option(3000, help="HTTP port"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0: every interface, e.g. in a container)"),
+) -> None:
     """Run the decision service in the foreground (``bentoml serve``) for the active settings."""
     import subprocess
 
@@ -77,7 +83,7 @@ def serve(ctx: typer.Context, port: int = typer.Option(3000, help="HTTP port")) 
     from serving.launch import service_cmd, service_env
 
     env = service_env(settings_of(ctx).to_env())
-    raise typer.Exit(subprocess.call(service_cmd(port, host="0.0.0.0"), cwd=PROJECT_ROOT, env=env))
+    raise typer.Exit(subprocess.call(service_cmd(port, host=host), cwd=PROJECT_ROOT, env=env))
 
 
 def serve_and_query(settings: Settings, port: int = 3000) -> None:

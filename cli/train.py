@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import typer
 
-from cli.common import console, fail, settings_of
+from cli.common import console, fail, require_dataset, settings_of
 from kernel.constants import JOB_NAMES
 from kernel.settings import Profile, Settings
 
@@ -106,6 +106,7 @@ def train_fraud(ctx: typer.Context, max_fpr: float = typer.Option(0.003, min=0.0
 @models_app.command("list")
 def models_list(ctx: typer.Context) -> None:
     """Registered models of the active dataset with their champion / challenger versions."""
+    require_dataset(settings_of(ctx))
     from mlflow.tracking import MlflowClient
 
     from kernel.constants import CHALLENGER, CHAMPION
@@ -126,6 +127,7 @@ def models_promote(
     margin: float | None = typer.Option(None, help="required improvement (default: the job's margin)"),
 ) -> None:
     """Promote the challenger if it beats the champion on the same holdout by the margin."""
+    require_dataset(settings_of(ctx))
     from training.registry import promote
 
     if job not in JOB_NAMES:
@@ -143,6 +145,7 @@ def models_promote(
 @models_app.command("history")
 def models_history(ctx: typer.Context, job: str | None = typer.Argument(None)) -> None:
     """Audit trail: every alias move and refused promotion (who, what, when, scores)."""
+    require_dataset(settings_of(ctx))
     from training.registry import history
 
     df = history(settings_of(ctx), job)
@@ -157,6 +160,7 @@ def evaluate_campaign(
     segment: list[str] = typer.Option(["tier"], help="tier | lifecycle_stage (repeatable)"),
 ) -> None:
     """Lift vs control with CIs and p-values, benefit ROI and its decision, per campaign/offer/segment."""
+    require_dataset(settings_of(ctx))
     from training.jobs.evaluate import evaluate_campaigns
 
     try:
@@ -189,6 +193,7 @@ def evaluate_policy(
     reward_event: str = typer.Option("redemption", help="feedback event that counts as the reward"),
 ) -> None:
     """Off-policy value (IPS, SNIPS, DR) of a candidate policy from the service's decision log."""
+    require_dataset(settings_of(ctx))
     from serving.state import ServingState
     from training.evaluation.ope import evaluate_logged
     from training.jobs.evaluate import logged_from_service

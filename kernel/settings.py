@@ -14,8 +14,8 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +25,39 @@ class Profile(StrEnum):
     production = "production"  # Redis online store; PostgreSQL offline store, registry, tracking, serving state
 
 
+# settings that may come from a file named by LOYALTY_<NAME>_FILE (container secrets)
+SECRET_FIELDS = ("api_keys", "pseudonym_key", "postgres_url", "redis_url")
+DEMO_API_KEY, DEMO_PSEUDONYM_KEY = "demo-key", "change-me"  # the embedded default's, never production's
+MIN_PSEUDONYM_KEY_BYTES = 32
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """``LOYALTY_API_KEYS_FILE=/run/secrets/api_keys`` and the like: the value is the file's content."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, str]:
+        out = {}
+        for name in SECRET_FIELDS:
+            var = f"LOYALTY_{name.upper()}_FILE"
+            if path := os.environ.get(var):
+                try:
+                    out[name] = Path(path).read_text().strip()
+                except OSError as err:
+                    raise ValueError(f"{var}: cannot read {path} ({err.strerror})") from None
+        return out
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # arguments, then secret files, then LOYALTY_* variables
+        return init_settings, SecretFiles(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     profile: Profile = Profile.embedded
     data_dir: Path = Field(default=PROJECT_ROOT / ".loyalty")
@@ -52,8 +83,8 @@ class Settings(BaseSettings):
     tuning_trials: int = 8  # optuna trials per tuned model
 
     # -- serving --------------------------------------------------------------
-    api_keys: str = "demo-key"  # comma-separated; every endpoint but health needs one (X-API-Key header)
-    pseudonym_key: str = "change-me"  # HMAC key for member ids in logs and serving state
+    api_keys: str = DEMO_API_KEY  # comma-separated; every endpoint but health needs one (X-API-Key header)
+    pseudonym_key: str = DEMO_PSEUDONYM_KEY  # HMAC key for member ids in logs and serving state
     feature_timeout_ms: float = 250.0  # slower online reads are abandoned: degraded answer
     contact_caps_per_week: dict[str, int] = Field(default_factory=lambda: {"push": 2, "sms": 1, "email": 2, "app": 7})
     exploration_rate: float = 0.0  # epsilon-greedy share of decisions that explore (propensity logged)
@@ -65,6 +96,24 @@ class Settings(BaseSettings):
     # requests one worker handles at once (BentoML runs sync APIs on this many threads; its
     # default of 1 queues every request behind a slow store read)
     serving_threads: int = 8
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_secrets(self) -> Settings:
+        """The demo's keys are fine on one laptop, never in production."""
+        if self.profile is not Profile.production:
+            return self
+        keys = [k.strip() for k in self.api_keys.split(",")]
+        if not any(keys) or any(k in ("", DEMO_API_KEY) for k in keys):
+            raise ValueError(
+                f"the production profile refuses LOYALTY_API_KEYS {self.api_keys!r} (empty or the demo key):"
+                " set real keys, or LOYALTY_API_KEYS_FILE"
+            )
+        if self.pseudonym_key == DEMO_PSEUDONYM_KEY or len(self.pseudonym_key.encode()) < MIN_PSEUDONYM_KEY_BYTES:
+            raise ValueError(
+                "the production profile refuses LOYALTY_PSEUDONYM_KEY: the demo value or shorter than"
+                f" {MIN_PSEUDONYM_KEY_BYTES} bytes; set a random key, or LOYALTY_PSEUDONYM_KEY_FILE"
+            )
+        return self
 
     # -- derived locations -------------------------------------------------
     @property
@@ -154,3 +203,14 @@ class Settings(BaseSettings):
             for name, value in self.model_dump(mode="json").items()
             if value is not None
         }
+
+
+def settings_error(err: ValueError) -> str:
+    """One line for a settings problem: the setting it names and what to do."""
+    errors = getattr(err, "errors", None)
+    if not callable(errors):  # a plain ValueError (e.g. a secret file that cannot be read)
+        return str(err)
+    first = errors()[0]
+    where = ".".join(map(str, first["loc"]))
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"setting {where}: {msg}" if where else msg

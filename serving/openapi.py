@@ -15,6 +15,8 @@ from typing import get_type_hints
 
 from pydantic import TypeAdapter, create_model
 
+from kernel import __version__
+
 ERROR = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "detail": {}},
@@ -52,6 +54,7 @@ def full_spec(service_cls) -> dict:
     """BentoML's document for ``service_cls`` with every operation's schemas, security and statuses."""
     spec = copy.deepcopy(service_cls.openapi_spec.asdict())
     spec["openapi"] = "3.1.0"
+    spec.setdefault("info", {})["version"] = __version__
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Error"] = ERROR
@@ -63,6 +66,9 @@ def full_spec(service_cls) -> dict:
         if op is None:
             continue
         op["security"] = [{"ApiKey": []}]
+        # BentoML keys responses by int; JSON keys are strings, so "200" next to 200 would be a
+        # duplicated key that Swagger UI's parser rejects
+        op["responses"] = {str(status): answer for status, answer in op.get("responses", {}).items()}
         request, response = _io(api.func)
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(request, schemas)}}}
         op["responses"]["200"] = {
@@ -78,5 +84,6 @@ def full_spec(service_cls) -> dict:
     if "/metrics" in spec["paths"]:  # Prometheus text, behind the key
         for op in spec["paths"]["/metrics"].values():
             op["security"] = [{"ApiKey": []}]
-            op.setdefault("responses", {})["401"] = {"description": EXTRA_RESPONSES["401"]}
+            op["responses"] = {str(status): answer for status, answer in op.get("responses", {}).items()}
+            op["responses"]["401"] = {"description": EXTRA_RESPONSES["401"]}
     return spec

@@ -14,6 +14,7 @@ import pandas as pd
 from prometheus_client import Counter
 
 from features.store import get_store, serving_features
+from kernel import __version__
 from kernel.constants import CONTACT_CHANNELS, SERVED_JOBS
 from kernel.curated import exposures_with_responses, load_curated, read_meta
 from kernel.model_store import load_champions
@@ -24,6 +25,7 @@ from serving.schemas import (
     BenefitsResponse,
     ChurnRiskResponse,
     Driver,
+    FeedbackAck,
     NextBestOfferResponse,
     OfferDecision,
     RecommendationsResponse,
@@ -38,6 +40,11 @@ DECISION_LOG_FAILURES = Counter(
     name="loyalty_decision_log_failures", documentation="decisions answered but not logged (state store down)"
 )
 WEEK_S = 7 * 86400
+REALTIME_FEATURES = [
+    "member_realtime:rt_last_event_type",
+    "member_realtime:rt_last_event_ts",
+    "member_realtime:rt_last_purchase_ts",
+]
 
 
 class DecisionRuntime:
@@ -58,7 +65,9 @@ class DecisionRuntime:
         self.store = get_store(settings, serving=True)
         self.offers = load_curated(settings, "offers")
         self.item_category = load_curated(settings, "items").set_index("item_id")["category_l1"]
-        self.end = pd.Timestamp(read_meta(settings)["end"])
+        meta = read_meta(settings)
+        self.end = pd.Timestamp(meta["end"])
+        self.start = pd.Timestamp(meta["start"]) if meta.get("start") else self._first_join()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
         self.rng = rng if rng is not None else np.random.default_rng(settings.seed)
         self.models: dict = {}
@@ -87,6 +96,10 @@ class DecisionRuntime:
             except Exception as err:  # readiness reports it
                 log.warning("feature store warm-up failed: %s", type(err).__name__)
 
+    def _first_join(self) -> pd.Timestamp:
+        """The programme's first data for datasets validated before ``meta.json`` recorded it."""
+        return load_curated(self.settings, "members")["join_date"].min()
+
     def _default_ranking(self) -> pd.DataFrame:
         """Non-personalised order: offers by historical redemption rate, cheaper first on ties."""
         try:
@@ -102,12 +115,22 @@ class DecisionRuntime:
         return int(self.end.timestamp()) if self.settings.serving_clock == "dataset" else int(time.time())
 
     def ready(self) -> dict:
-        checks = {"models": {j: j in self.models for j in SERVED_JOBS}}
+        """Each component and its status (what ``/readyz`` and ``/healthz`` answer); ``ready`` if all are ok."""
+        models = {
+            job: {"status": "ok", "version": self.model_versions.get(job)}
+            if job in self.models
+            else {"status": "missing", "error": self.model_errors.get(job, "not loaded")}
+            for job in SERVED_JOBS
+        }
         _, degraded = self.read_features(["__readiness_probe__"], self.now(None))
-        checks["feature_store"] = not degraded
-        checks["state"] = self.state.ping()
-        checks["ready"] = all(checks["models"].values()) and checks["feature_store"] and checks["state"]
-        return checks
+        components = {
+            "models": models,
+            "feature_store": {"status": "unavailable" if degraded else "ok"},
+            "state_store": {"status": "ok" if self.state.ping() else "unavailable"},
+        }
+        ready = all(m["status"] == "ok" for m in models.values())
+        ready = ready and components["feature_store"]["status"] == components["state_store"]["status"] == "ok"
+        return {"ready": ready, "version": __version__, "components": components}
 
     # ------------------------------------------------------------------ features
     def read_features(self, member_ids: list[str], ts: int) -> tuple[pd.DataFrame | None, bool]:
@@ -438,30 +461,52 @@ class DecisionRuntime:
             log.warning("batch feature read failed: %s", type(err).__name__)
             return None
 
-    def feedback(self, events: list[dict]) -> dict:
-        stored, duplicates = self.state.add_feedback(events)
-        pushed = self._push(events)
-        return {"stored": stored, "duplicates": duplicates, "pushed_to_feature_store": pushed}
+    def feedback(self, events: list[dict]) -> FeedbackAck:
+        """Store events durably; push the new ones (never repeats or conflicts) to the real-time features."""
+        result = self.state.add_feedback(events)
+        if result.conflicting_ids:
+            log.warning("%d feedback events refused: event_id known with other content", len(result.conflicting_ids))
+        return FeedbackAck(
+            stored=result.stored,
+            duplicates=result.duplicates,
+            conflicts=len(result.conflicting_ids),
+            conflicting_event_ids=result.conflicting_ids,
+            pushed_to_feature_store=self._push(result.new_events),
+        )
 
     # ------------------------------------------------------------------ helpers
     def _push(self, events: list[dict]) -> bool:
-        """Latest event per member to the Feast push source (real-time features); best effort."""
+        """Real-time features of the members these events concern, to the Feast push source; best effort.
+
+        They only move forward: the last event is the latest by event time (a late-arriving older
+        event changes nothing), and the last purchase time is the latest ``purchase`` event's.
+        """
         if not events:
             return True
-        df = pd.DataFrame(events).sort_values("ts").groupby("member_id").tail(1)
-        purchase = df["event"].isin(["redemption", "purchase"])
-        push = pd.DataFrame(
-            {
-                "member_id": df["member_id"].astype(str),
-                "event_timestamp": pd.to_datetime(df["ts"], unit="s", utc=True),
-                "rt_last_event_type": df["event"].astype(str),
-                "rt_last_event_ts": df["ts"].astype("int64"),
-                "rt_last_purchase_ts": df["ts"].where(purchase, 0).astype("int64"),
-            }
-        )
+        df = pd.DataFrame(events)
+        latest = df.sort_values("ts", kind="stable").groupby("member_id").tail(1).set_index("member_id")
+        purchases = df[df["event"] == "purchase"].groupby("member_id")["ts"].max()
         try:
+            current = self.store.get_online_features(
+                features=REALTIME_FEATURES, entity_rows=[{"member_id": m} for m in latest.index]
+            ).to_df()
+            current = current.set_index("member_id").reindex(latest.index)
+            known_ts = pd.to_numeric(current["rt_last_event_ts"], errors="coerce").fillna(-1).astype("int64")
+            newer = latest["ts"].astype("int64") > known_ts
+            event_ts = latest["ts"].astype("int64").where(newer, known_ts)
+            known_purchase = pd.to_numeric(current["rt_last_purchase_ts"], errors="coerce").fillna(0).astype("int64")
+            purchase_ts = np.maximum(known_purchase, purchases.reindex(latest.index).fillna(0).astype("int64"))
+            push = pd.DataFrame(
+                {
+                    "member_id": latest.index.astype(str),
+                    "event_timestamp": pd.to_datetime(event_ts.to_numpy(), unit="s", utc=True),
+                    "rt_last_event_type": latest["event"].where(newer, current["rt_last_event_type"]).astype(str),
+                    "rt_last_event_ts": event_ts.to_numpy(),
+                    "rt_last_purchase_ts": purchase_ts.to_numpy(),
+                }
+            )
             self.store.push("member_events_push", push)
-        except Exception as err:  # the event is durable already; features catch up later
+        except Exception as err:  # the events are durable already; features catch up later
             log.warning("push to feature store failed: %s", type(err).__name__)
             return False
         try:
@@ -469,6 +514,10 @@ class DecisionRuntime:
         except StateUnavailable:  # only a bookkeeping flag: the events are stored and pushed
             log.warning("could not mark %d events as pushed", len(events))
         return True
+
+    def ts_window(self) -> tuple[int, int]:
+        """Plausible event and decision times: from the programme's first data to a day past the wall clock."""
+        return int(self.start.timestamp()), int(time.time()) + 86400
 
     def _log(
         self, answer: NextBestOfferResponse, context: dict, candidates: list[dict] | None = None

@@ -12,7 +12,12 @@ Channel = Literal["app", "web", "store", "push", "sms", "email"]
 _MEMBER_ID_RULES = {"min_length": 1, "max_length": MEMBER_ID_MAX_LENGTH, "pattern": MEMBER_ID_PATTERN}
 MemberId = Field(**_MEMBER_ID_RULES, description="member id")  # a member_id parameter
 MemberIdItem = Annotated[str, Field(**_MEMBER_ID_RULES)]  # an element of a list of member ids
-Name = Annotated[str, Field(min_length=1, max_length=64)]  # item ids, categories
+# free text that ends up in logs and the state store: printable ASCII only (no NUL, control
+# characters or emoji), bounded; ids without spaces, names with inner spaces
+ID_PATTERN = r"^[\x21-\x7E]+$"
+NAME_PATTERN = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]  # item, offer, store, decision ids
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]  # categories, regions
 MAX_TS = 4_102_444_800  # 2100-01-01: larger timestamps are input errors, not dates
 
 
@@ -120,18 +125,22 @@ class BenefitsResponse(BaseModel):
 class FeedbackEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(min_length=1, max_length=128, description="client-generated id; resending is idempotent")
+    event_id: str = Field(
+        min_length=1, max_length=128, pattern=ID_PATTERN, description="client-generated id; resending is idempotent"
+    )
     member_id: str = MemberId
     event: Literal["impression", "click", "redemption", "purchase", "opt_out"]
     ts: UnixTime = Field(description="unix seconds")
-    offer_id: str | None = Field(None, max_length=64)
-    item_id: str | None = Field(None, max_length=64)
+    offer_id: Id | None = None
+    item_id: Id | None = None
     channel: Channel | None = None
-    decision_id: str | None = Field(None, max_length=64)
+    decision_id: Id | None = None
     revenue: Amount | None = None
 
 
 class FeedbackAck(BaseModel):
     stored: int
-    duplicates: int
+    duplicates: int = Field(description="event ids stored before with the same content: nothing to do")
+    conflicts: int = Field(0, description="event ids stored before with other content: refused, not pushed")
+    conflicting_event_ids: list[str] = []
     pushed_to_feature_store: bool

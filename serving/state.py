@@ -15,6 +15,7 @@ import json
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,24 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 class StateUnavailable(RuntimeError):
     """The serving-state database did not answer (down, unreachable, timed out)."""
+
+
+# what makes two feedback events with the same id the same event
+EVENT_CONTENT = ("member_key", "event", "offer_id", "item_id", "channel", "decision_id", "ts", "revenue")
+
+
+@dataclass
+class FeedbackResult:
+    """Outcome of one feedback batch: the events stored now, repeats, and conflicting repeats."""
+
+    stored_ids: set[str] = field(default_factory=set)
+    new_events: list[dict] = field(default_factory=list)  # the stored events, as given
+    duplicates: int = 0  # same id, same content: already stored, nothing to do
+    conflicting_ids: list[str] = field(default_factory=list)  # same id, other content: refused
+
+    @property
+    def stored(self) -> int:
+        return len(self.stored_ids)
 
 
 @contextmanager
@@ -184,8 +203,12 @@ class ServingState:
                 conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
             conn.execute(self.decisions.insert(), row)
 
-    def add_feedback(self, events: list[dict]) -> tuple[int, int]:
-        """Insert events (idempotent on event_id) in one transaction; returns (stored, duplicates)."""
+    def add_feedback(self, events: list[dict]) -> FeedbackResult:
+        """Insert events (idempotent on event_id) in one transaction.
+
+        An event id seen before (earlier, or earlier in this batch) with the same content is a
+        duplicate; with other content a conflict: never stored over the first, reported by id.
+        """
         now = time.time()
         rows = [
             {
@@ -202,25 +225,38 @@ class ServingState:
             }
             for e in events
         ]
-        insert = (
-            self._dialect.insert(self.feedback_table)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(self.feedback_table.c.event_id)
-        )
+        f = self.feedback_table
+        insert = self._dialect.insert(f).on_conflict_do_nothing(index_elements=["event_id"]).returning(f.c.event_id)
+        content = [f.c[c] for c in ("event_id", *EVENT_CONTENT)]
         with _db_errors(), self._db.begin() as conn:
-            stored: set[str] = set()
+            inserted: set[str] = set()
+            first: dict[str, tuple] = {}  # event id -> the content the store keeps
             for lo in range(0, len(rows), 500):
-                stored |= set(conn.execute(insert, rows[lo : lo + 500]).scalars())
-            new = {r["event_id"]: r for r in rows if r["event_id"] in stored}.values()  # once per event id
-            redeemed = Counter(r["offer_id"] for r in new if r["event"] == "redemption" and r["offer_id"])
+                chunk = rows[lo : lo + 500]
+                inserted |= set(conn.execute(insert, chunk).scalars())
+                ids = list({r["event_id"] for r in chunk})
+                first.update(
+                    {row[0]: tuple(row[1:]) for row in conn.execute(sa.select(*content).where(f.c.event_id.in_(ids)))}
+                )
+            result = FeedbackResult()
+            for i, r in enumerate(rows):
+                eid = r["event_id"]
+                if eid in inserted and eid not in result.stored_ids:
+                    result.stored_ids.add(eid)
+                    result.new_events.append(events[i])
+                elif tuple(r[c] for c in EVENT_CONTENT) == first[eid]:
+                    result.duplicates += 1
+                else:
+                    result.conflicting_ids.append(eid)
+            redeemed = Counter(e.get("offer_id") for e in result.new_events if e["event"] == "redemption")
+            redeemed.pop(None, None)
             if redeemed:
                 up = self._dialect.insert(self.redemptions)
                 up = up.on_conflict_do_update(
                     index_elements=["offer_id"], set_={"redeemed": self.redemptions.c.redeemed + up.excluded.redeemed}
                 )
                 conn.execute(up, [{"offer_id": o, "redeemed": n} for o, n in redeemed.items()])
-        # an event repeated inside one batch is stored once
-        return len(stored), len(events) - len(stored)
+        return result
 
     def mark_pushed(self, event_ids: list[str]) -> None:
         f = self.feedback_table

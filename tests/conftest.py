@@ -7,7 +7,10 @@ code under test; processes started by tests get them as ``LOYALTY_*`` variables.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -16,13 +19,38 @@ import pytest
 from kernel.constants import JOB_NAMES
 from kernel.settings import Profile, Settings
 
+CHROMIUM = shutil.which("chromium")  # Debian's; `make test` installs it where it can
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--window-size=2400,3000",
+]
+
+
+def page_dom(url: str) -> str:
+    """A page's DOM after Chromium has run its JavaScript."""
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
+
+
+def page_text(url: str) -> str:
+    """A page as a person reads it: the rendered DOM as text."""
+    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", page_dom(url), flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_MEMBERS = 4000  # large enough for the uplift-vs-propensity comparison to be stable
 
 
 def run_cli(env: dict, *args: str, timeout: int = 600) -> str:
     """``loyalty-ml ARGS`` in a subprocess with ``env`` on top of this one's; must succeed."""
-    import subprocess
     import sys
 
     proc = subprocess.run(

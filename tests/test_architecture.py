@@ -99,7 +99,9 @@ def test_feature_definitions_come_from_an_explicit_spec(tmp_path):
     from kernel.settings import Profile, Settings
 
     embedded = RepoSpec.from_settings(Settings(data_dir=tmp_path, dataset="shop_a", profile=Profile.embedded))
-    production = RepoSpec.from_settings(Settings(data_dir=tmp_path, dataset="shop_a", profile=Profile.production))
+    production = RepoSpec.from_settings(
+        Settings(data_dir=tmp_path, dataset="shop_a", profile=Profile.production, api_keys="k", pseudonym_key="p" * 32)
+    )
     src = {o.name: o for o in feast_objects(embedded)}["member_rfm"].batch_source
     assert src.path == str(tmp_path / "shop_a" / "offline" / "member_rfm.parquet")
     src = {o.name: o for o in feast_objects(production)}["member_rfm"].batch_source

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import sys
 
 import mlflow
 import pytest
 
 from serving.launch import ServerProcess, free_port
+from tests.conftest import CHROMIUM, page_text
 
-CHROMIUM = shutil.which("chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=20000",
-    "--window-size=2400,3000",
-]
 KEY_METRICS = {"cf": "ndcg_at_10", "churn": "roc_auc", "uplift": "qini", "clv": "spearman", "fraud": "recall"}
-
-
-def _page_text(url: str) -> str:
-    """The rendered page as text: Chromium runs the app's JavaScript, then dumps the DOM."""
-    dom = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    dom = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +39,12 @@ def test_runs_and_key_metrics_are_shown_in_the_ui(settings, trained, mlflow_ui):
     from training.tracking import configure
 
     exp_id = configure(settings)
-    listing = _page_text(f"{mlflow_ui}/#/experiments/{exp_id}/runs")
+    listing = page_text(f"{mlflow_ui}/#/experiments/{exp_id}/runs")
     assert "Training runs" in listing and settings.experiment_name in listing
     for job in KEY_METRICS:
         assert re.search(rf"\b{job}\b", listing), f"run {job} not listed"
     for job, metric in KEY_METRICS.items():
         run = trained[job]
-        page = _page_text(f"{mlflow_ui}/#/experiments/{exp_id}/runs/{run.run_id}")
+        page = page_text(f"{mlflow_ui}/#/experiments/{exp_id}/runs/{run.run_id}")
         value = mlflow.get_run(run.run_id).data.metrics[metric]
         assert f"{metric} {value:.6g}"[: len(metric) + 6] in page or f"{metric} {value}" in page, (job, metric)

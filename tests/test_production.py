@@ -52,12 +52,15 @@ def prod(tmp_path_factory):
         "LOYALTY_FEAST_PROJECT": f"t{tag}",
         "LOYALTY_TUNING_TRIALS": "2",
         "LOYALTY_API_KEYS": KEY,
+        "LOYALTY_PSEUDONYM_KEY": uuid.uuid4().hex,  # 32 bytes: the production profile refuses less
     }
     settings = Settings(
         profile=Profile.production,
         data_dir=env["LOYALTY_DATA_DIR"],
         postgres_url=env["LOYALTY_POSTGRES_URL"],
         feast_project=env["LOYALTY_FEAST_PROJECT"],
+        api_keys=KEY,
+        pseudonym_key=env["LOYALTY_PSEUDONYM_KEY"],
     )
     try:
         run_cli(env, "data", "simulate", "--members", str(MEMBERS))

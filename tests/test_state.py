@@ -39,9 +39,11 @@ def _drop(prefix):
 def test_feedback_is_idempotent_and_counters_follow_new_events_only(tmp_path):
     for name, state, prefix in _states(tmp_path):
         try:
-            stored = state.add_feedback([_event(1), _event(1), _event(2, offer="O2"), _event(3, "impression")])
-            assert stored == (3, 1), name  # the repeated id inside one batch is stored once
-            assert state.add_feedback([_event(1), _event(4)]) == (1, 1), name
+            res = state.add_feedback([_event(1), _event(1), _event(2, offer="O2"), _event(3, "impression")])
+            assert (res.stored, res.duplicates) == (3, 1), name  # a repeat inside one batch is stored once
+            assert [e["event_id"] for e in res.new_events] == ["e1", "e2", "e3"], name
+            res = state.add_feedback([_event(1), _event(4)])
+            assert (res.stored, res.duplicates, res.conflicting_ids) == (1, 1, []), name
             assert state.redemptions_by_offer() == {"O1": 2, "O2": 1}, name
             assert state.redeemed_offers("m1") == {"O1", "O2"} and state.count("feedback") == 4, name
             state.add_feedback([_event(10, "impression") | {"channel": "push"}, _event(11, "opt_out")])
@@ -53,6 +55,24 @@ def test_feedback_is_idempotent_and_counters_follow_new_events_only(tmp_path):
                 "redemptions_by_offer": {"O1": 2, "O2": 1},
             }, name
             assert state.member_snapshot("m2", 0)["opted_out"] is False
+        finally:
+            if prefix:
+                _drop(prefix)
+
+
+@pytest.mark.unit
+def test_a_known_event_id_with_other_content_is_a_conflict_and_changes_nothing(tmp_path):
+    for name, state, prefix in _states(tmp_path):
+        try:
+            state.add_feedback([_event(1)])
+            res = state.add_feedback([_event(1) | {"ts": 999}, _event(1), _event(5) | {"offer_id": "O9"}])
+            assert (res.stored, res.duplicates, res.conflicting_ids) == (1, 1, ["e1"]), name
+            # inside one batch too: the first content is kept, the other one refused
+            res = state.add_feedback([_event(6), _event(6) | {"member_id": "m2"}])
+            assert (res.stored, res.conflicting_ids) == (1, ["e6"]), name
+            assert state.redemptions_by_offer() == {"O1": 2, "O9": 1}, name  # the conflict counted nothing
+            f = state.feedback_table
+            assert state._all(sa.select(f.c.ts).where(f.c.event_id == "e1")) == [(101,)], name
         finally:
             if prefix:
                 _drop(prefix)

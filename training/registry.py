@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kernel.constants import CHALLENGER, CHAMPION
-from kernel.model_store import alias_version, load_estimator
+from kernel.model_store import alias_version, load_estimator, use_tracking_store
 from kernel.settings import Settings
 from training.tracking import configure
 
@@ -173,8 +173,8 @@ def audit(settings: Settings, decision: Decision) -> None:
 
 
 def history(settings: Settings, job: str | None = None) -> pd.DataFrame:
-    """Every alias move and refused promotion, oldest first."""
-    configure(settings)
+    """Every alias move and refused promotion, oldest first (reads only: creates no experiment)."""
+    use_tracking_store(settings)
     client = MlflowClient()
     exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
     if exp is None:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kernel.contracts import ContractError, validate
-from kernel.curated import write_meta
+from kernel.curated import read_meta, write_meta
 from kernel.settings import Settings
 from training.data.adapters import ADAPTERS, AdapterOutput
 from training.data.simulator import SimConfig, simulate
@@ -122,6 +122,12 @@ def validate_dataset(settings: Settings) -> dict:
         if len(raw) != len(valid) + len(result.quarantined) + n_orphans:  # the no-silent-drop invariant
             raise ContractError(f"{table}: rows lost in validation")
     (settings.dataset_dir / "validation_report.json").write_text(json.dumps(report, indent=2))
+    meta_path = settings.dataset_dir / "meta.json"
+    if meta_path.exists():  # the programme's first data: the service refuses event times before it
+        firsts = [curated["members"]["join_date"].min(), curated["transactions"]["ts"].min()]
+        firsts = [t for t in firsts if pd.notna(t)]
+        if firsts:
+            write_meta(settings, read_meta(settings) | {"start": min(firsts)})
     return report
 
 
