@@ -24,10 +24,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-browser:  ## Debian chromium for the MLflow UI browser test; where it cannot be installed that test skips
-	@command -v chromium >/dev/null || ( [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ) || \
-	  echo "chromium not installed: the MLflow UI browser test will skip"
+browser:  ## Debian chromium for the browser tests (MLflow UI, Swagger UI); where it cannot be installed they skip
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium (apt-get, about a minute): the MLflow UI and Swagger UI browser tests need it"; \
+	  ( [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ) || \
+	  echo "chromium not installed (needs root and apt-get): the browser tests will skip"; }
 
 test: lint browser  ## the test suite (what CI runs); pytest exit 5 (no tests) is a failure
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc

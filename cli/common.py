@@ -5,13 +5,17 @@ Commands import the stack they need when they run, so that ``loyalty-ml --help``
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from kernel.settings import Settings
 
-console = Console()
+# off a terminal (logs, CI) Rich assumes 80 columns and would wrap tables mid-row; it never
+# colours there, so the width is the only thing to set
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def fail(err: Exception | str) -> None:

@@ -81,7 +81,9 @@ def features_materialize(ctx: typer.Context) -> None:
     from features.store import materialize
     from kernel.curated import read_meta
 
-    materialize(settings_of(ctx), pd.Timestamp(read_meta(settings_of(ctx))["end"]))
+    end = pd.Timestamp(read_meta(settings_of(ctx))["end"])
+    materialize(settings_of(ctx), end)
+    console.print(f"online store loaded with the latest feature values as of {end}")
 
 
 @features_app.command("show")

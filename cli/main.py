@@ -58,6 +58,7 @@ def demo(
     timings = {}
     started = time.perf_counter()
     simulated = settings_of(ctx).dataset == "simulated"
+    asked: list[str] = []  # the member the demo asked the service about
     steps = [
         ("data", lambda: data_simulate(ctx, members, None) if simulated else data_load(ctx)),
         ("validate", lambda: data_validate(ctx)),
@@ -67,7 +68,7 @@ def demo(
         ("online read", lambda: features_show(ctx, 3, None)),
         ("train", lambda: _train(settings_of(ctx), list(JOB_NAMES))),
         ("models", lambda: models_list(ctx)),
-        ("serve + query", lambda: serve_cmds.serve_and_query(settings_of(ctx), port)),
+        ("serve + query", lambda: asked.append(serve_cmds.serve_and_query(settings_of(ctx), port))),
     ]
     for name, step in steps:
         console.rule(name)
@@ -76,6 +77,8 @@ def demo(
         timings[name] = round(time.perf_counter() - t, 1)
     console.rule("done")
     console.print({"seconds": timings, "total": round(time.perf_counter() - started, 1)})
+    console.rule("next steps")
+    console.print(serve_cmds.next_steps(settings_of(ctx), asked[0], port), soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -86,10 +87,9 @@ def serve(
     raise typer.Exit(subprocess.call(service_cmd(port, host=host), cwd=PROJECT_ROOT, env=env))
 
 
-def serve_and_query(settings: Settings, port: int = 3000) -> None:
-    """Start the service, ask it what a marketing system would ask, print the answers, stop it."""
-    import json
-
+def serve_and_query(settings: Settings, port: int = 3000) -> str:
+    """Start the service, ask it what a marketing system would ask, print the answers, stop it;
+    return the member it asked about."""
     import httpx
 
     from kernel.curated import load_curated
@@ -119,6 +119,27 @@ def serve_and_query(settings: Settings, port: int = 3000) -> None:
             ms = (time.perf_counter() - t) * 1000
             console.print(f"[bold]POST {path}[/bold] {json.dumps(body)} -> {res.status_code} in {ms:.0f} ms")
             console.print_json(res.text)
-        console.print(f"service log: {log}; run it yourself with `loyalty-ml serve`")
+        console.print(f"service log: {log}")
     finally:
         svc.stop()
+    return member
+
+
+def next_steps(settings: Settings, member: str, port: int = 3000) -> str:
+    """What to run after the demo, with this data dir, a member that exists and the key in use."""
+    flags = f" --data-dir {settings.data_dir}" if settings.data_dir != Settings.model_fields["data_dir"].default else ""
+    key = settings.api_keys.split(",")[0]
+    body = json.dumps({"member_id": member, "channel": "app", "max_results": 3})
+    return "\n".join(
+        [
+            f"serve:   {'make serve' if not flags else f'.venv/bin/loyalty-ml{flags} serve --port {port}'}"
+            f"   (Swagger UI: http://127.0.0.1:{port}/)",
+            f"ask:     curl -s -X POST http://127.0.0.1:{port}/next_best_offer -H 'X-API-Key: {key}'"
+            f" -H 'Content-Type: application/json' -d '{body}'",
+            f"         curl -s -X POST http://127.0.0.1:{port}/churn_risk -H 'X-API-Key: {key}'"
+            f" -H 'Content-Type: application/json' -d '{json.dumps({'member_id': member})}'",
+            f"runs:    .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}"
+            "   then http://127.0.0.1:5000 (experiment "
+            f"{settings.experiment_name})",
+        ]
+    )

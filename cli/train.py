@@ -16,6 +16,15 @@ models_app = typer.Typer(help="Registered models: aliases, promotion gate, audit
 evaluate_app = typer.Typer(help="Evaluate campaigns against their control groups.", no_args_is_help=True)
 
 
+COUNT_METRICS = ("train_rows", "flagged", "fraud_members")  # shown as whole numbers
+
+
+def _number(metric: str, value) -> str:
+    if pd.isna(value):
+        return "-"
+    return f"{value:.0f}" if metric in COUNT_METRICS else f"{value:.4f}"
+
+
 def _train(settings: Settings, jobs: list[str], **options) -> dict:
     from rich.table import Table
 
@@ -41,11 +50,11 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
         table = Table(title=f"{name}: holdout metrics (run {res.run_id[:8]}, {seconds:.0f} s)")
         shown = res.comparison.T
         shown = shown.loc[[m for m in shown.index if not m.startswith(("val_", "members_")) and m != "n"]].head(14)
-        table.add_column("metric")
+        table.add_column("metric", no_wrap=True)  # full names: several differ only at the end
         for model in shown.columns:
             table.add_column(str(model), justify="right")
         for metric, row in shown.iterrows():
-            table.add_row(str(metric), *[f"{v:.4f}" if pd.notna(v) else "-" for v in row])
+            table.add_row(str(metric), *[_number(str(metric), v) for v in row])
         console.print(table)
         for note in res.notes:
             console.print(f"[yellow]note:[/yellow] {note}")
@@ -181,6 +190,11 @@ def evaluate_campaign(
         for name, table in out["tables"].items():
             console.rule(f"by {name}")
             console.print(table.set_index(table.columns[0])[cols].to_string())
+    console.print(
+        "roi = (incremental revenue - cost) / cost, a ratio (roi 19: net return 19 times the benefit's cost);"
+        " the programme adjusts below 10, keeps 10-25, expands above 25",
+        soft_wrap=True,
+    )
     for note in out["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"report: {out['report']} (also in MLflow run {out['run_id'][:8]})")

@@ -7,6 +7,10 @@ profile (PostgreSQL offline store and SQL registry, Redis online store).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
 from datetime import datetime
 
 import pandas as pd
@@ -119,9 +123,19 @@ def write_feature_store_yaml(settings: Settings) -> None:
     (settings.feature_repo_dir / "feature_store.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+@contextlib.contextmanager
+def _quiet_feast() -> Iterator[None]:
+    """Feast warns on every use of an on-demand view (ours is computed in process when serving)
+    and prints coloured progress to stdout: neither belongs in our output."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings("ignore", message="On demand feature view is an experimental", category=RuntimeWarning)
+        yield
+
+
 def apply(settings: Settings) -> FeatureStore:
     store = get_store(settings)
-    store.apply(feast_objects(RepoSpec.from_settings(settings)))
+    with _quiet_feast():
+        store.apply(feast_objects(RepoSpec.from_settings(settings)))
     write_feature_store_yaml(settings)
     return store
 
@@ -132,8 +146,9 @@ def materialize(settings: Settings, end: datetime) -> None:
     end_dt = pd.Timestamp(end).to_pydatetime()
     recent = pd.Timestamp(end) - pd.Timedelta(days=2 * settings.snapshot_every_days)
     snapshot_views = [fv.name for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
-    store.materialize(start_date=recent.to_pydatetime(), end_date=end_dt, feature_views=snapshot_views)
-    store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=list(NO_TTL_VIEWS))
+    with _quiet_feast():
+        store.materialize(start_date=recent.to_pydatetime(), end_date=end_dt, feature_views=snapshot_views)
+        store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=list(NO_TTL_VIEWS))
 
 
 def online_features(
@@ -173,6 +188,7 @@ def training_frame(store: FeatureStore, entity_df: pd.DataFrame, service: str | 
     """
     keyed = entity_df.reset_index(drop=True).assign(_row=lambda d: range(len(d)))
     features = store.get_feature_service(service) if isinstance(service, str) else service
-    feats = store.get_historical_features(entity_df=keyed, features=features).to_df()
+    with _quiet_feast():
+        feats = store.get_historical_features(entity_df=keyed, features=features).to_df()
     feats = feats.drop(columns=[c for c in entity_df.columns if c != "_row"]).drop_duplicates("_row")
     return keyed.merge(feats, on="_row", how="left").drop(columns="_row")

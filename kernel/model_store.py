@@ -7,6 +7,7 @@ the decision service and batch scoring only read champions through here.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import mlflow
@@ -22,6 +23,10 @@ log = logging.getLogger("loyalty.models")
 def use_tracking_store(settings: Settings) -> None:
     """Point MLflow's tracking and registry clients at the profile's store."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # MLflow's SQL store: a SQLAlchemy deprecation inside it, and INFO lines on every first open
+    warnings.filterwarnings("ignore", message="The ``noload`` loader strategy", category=DeprecationWarning)
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 

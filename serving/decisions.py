@@ -147,6 +147,14 @@ def rank_benefits(
     return out.sort_values("score", ascending=False, kind="stable")
 
 
+def benefit_shortlist(ranked: pd.DataFrame, max_results: int) -> tuple[pd.DataFrame, list[str]]:
+    """The eligible benefits worth showing: a benefit that scores below zero (costly, off the
+    member's categories and dimensions) and has no reason to show it is left out, and named."""
+    eligible = ranked[ranked["eligible"]]
+    unjustified = (eligible["score"] <= 0) & ~eligible["reasons"].map(bool)
+    return eligible[~unjustified].head(max_results), sorted(eligible.loc[unjustified, "offer_id"])
+
+
 # --------------------------------------------------------------------------- budget
 def allocate(scored: pd.DataFrame, budget: float, stock: dict[str, int]) -> tuple[pd.DataFrame, dict]:
     """At most one offer per member, maximising expected incremental value under a total

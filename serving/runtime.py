@@ -405,8 +405,11 @@ class DecisionRuntime:
             rec = self.models["cf"].recommend([member_id], k=20, exclude_owned=False).iloc[0]
             cats = self.item_category.reindex(rec["item_ids"])
             affinity = (cats.value_counts(normalize=True)).to_dict()
-        ranked = decisions.rank_benefits(self.offers, member, affinity, elig)
-        ranked = ranked[ranked["eligible"]].head(max_results)
+        ranked, unjustified = decisions.benefit_shortlist(
+            decisions.rank_benefits(self.offers, member, affinity, elig), max_results
+        )
+        if unjustified:
+            answer.trace.append(TraceStep(rule="no_reason_to_show", removed=unjustified))
         answer.personalised = True
         answer.benefits = [_benefit(r, r.score, r.reasons) for r in ranked.itertuples()]
         return answer

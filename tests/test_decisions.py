@@ -95,6 +95,18 @@ def test_reason_codes_follow_the_scores_and_the_member():
     assert decisions.reason_codes(row, {}) == ["propensity_ranking_no_uplift_model"]
 
 
+def test_no_benefit_is_shown_at_a_negative_score_without_a_reason():
+    offers = _offers()
+    elig = decisions.eligibility(offers, "Gold", NOW, offers.set_index("offer_id")["stock"], set())
+    member = {"tier": "Gold", "top_category_1": "home", "top_category_1_share": 0.6}
+    ranked = decisions.rank_benefits(offers, member, {"home": 0.5}, elig)
+    shown, left_out = decisions.benefit_shortlist(ranked, 10)
+    assert ((shown["score"] > 0) | shown["reasons"].map(bool)).all()
+    assert set(shown["offer_id"]) | set(left_out) == set(ranked.loc[ranked["eligible"], "offer_id"])
+    costly = ranked.assign(score=-1.0, reasons=[[]] * len(ranked))
+    assert decisions.benefit_shortlist(costly, 10)[0].empty
+
+
 def test_benefits_rank_by_affinity_and_fit_and_say_why():
     offers = _offers()
     elig = decisions.eligibility(offers, "Gold", NOW, offers.set_index("offer_id")["stock"], set())

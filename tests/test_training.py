@@ -91,6 +91,26 @@ def test_every_job_is_logged_with_lineage_plots_and_a_loadable_model(settings, t
     assert features["feature_service"] == "churn_v1" and "member_rfm:recency_days" in features["features"]
 
 
+def test_the_mlflow_ui_opens_on_training_runs_with_their_datasets(settings, trained):
+    from training.registry import AUDIT_EXPERIMENT
+
+    configure(settings)
+    client = MlflowClient()
+    for name in (settings.experiment_name, AUDIT_EXPERIMENT):
+        exp = client.get_experiment_by_name(name)
+        assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", name
+        # artifacts under the profile's artifact root (.loyalty/), never ./mlruns in the checkout
+        assert exp.artifact_location.startswith(settings.artifact_root), (name, exp.artifact_location)
+    for job, res in trained.items():
+        inputs = client.get_run(res.run_id).inputs.dataset_inputs
+        contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context") for i in inputs}
+        assert contexts == {"training", "holdout"}, job
+        for i in inputs:
+            assert "member_id" not in i.dataset.schema, job  # the schema, never the ids
+    tags = client.get_run(trained["cf"].run_id).data.tags
+    assert tags["feature_service"] == "member_online_v1"
+
+
 def test_run_artifacts_carry_no_member_ids(settings, trained):
     from kernel.curated import load_curated
 

@@ -178,7 +178,8 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
     }
     tier_prev = pd.Series(0, index=members.index)
     tier_since = pd.Series(pd.NaT, index=members.index, dtype="datetime64[ns]")
-    for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=not progress):
+    # disable=None: no bar when stdout is not a terminal (logs, CI)
+    for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=None if progress else True):
         joined = members.index[members["join_date"] <= t]
         if not len(joined):
             continue

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from kernel.constants import CHALLENGER, CHAMPION
 from kernel.model_store import alias_version, load_estimator, use_tracking_store
 from kernel.settings import Settings
-from training.tracking import configure
+from training.tracking import configure, experiment_id
 
 AUDIT_EXPERIMENT = "loyalty-registry-audit"
 
@@ -160,8 +160,7 @@ def promote(settings: Settings, job: str, margin: float | None = None) -> Decisi
 def audit(settings: Settings, decision: Decision) -> None:
     """Append one record to the audit experiment (a run with params, metrics and tags)."""
     client = MlflowClient()
-    exp = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(AUDIT_EXPERIMENT)
+    exp_id = experiment_id(settings, AUDIT_EXPERIMENT)  # its artifacts under the artifact root, not ./mlruns
     record = asdict(decision)
     run = client.create_run(exp_id, run_name=f"{decision.action} {decision.model} v{decision.version}")
     now = int(time.time() * 1000)

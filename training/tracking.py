@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 
 import mlflow
+import mlflow.data
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -18,19 +21,46 @@ from kernel.model_store import use_tracking_store
 from kernel.settings import PROJECT_ROOT, Settings
 from models.pyfunc import LoyaltyModel
 
+# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    """The experiment ``name`` (created with its artifacts under the profile's artifact root)."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        return exp.experiment_id
+    location = f"{settings.artifact_root.rstrip('/')}/{name}"
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+
 
 def configure(settings: Settings, experiment: str | None = None) -> str:
     """Point MLflow at the profile's tracking/registry store; create the experiment; return its id."""
     use_tracking_store(settings)
-    name = experiment or settings.experiment_name
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        exp_id = client.create_experiment(name, artifact_location=f"{settings.artifact_root.rstrip('/')}/{name}")
-    else:
-        exp_id = exp.experiment_id
+    exp_id = experiment_id(settings, experiment or settings.experiment_name)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def log_datasets(frames: dict[str, pd.DataFrame], name: str) -> None:
+    """Each frame as an MLflow dataset input (context = key): its schema, row count and digest
+    fill the UI's Dataset column. MLflow keeps no rows, and member ids are left out of the digest."""
+    for context, frame in frames.items():
+        data = frame.drop(columns=[c for c in ("member_id",) if c in frame.columns])
+        with _integer_columns_on_purpose():
+            dataset = mlflow.data.from_pandas(data, name=f"{name}-{context}")
+        mlflow.log_input(dataset, context=context)
+
+
+@contextmanager
+def _integer_columns_on_purpose() -> Iterator[None]:
+    """MLflow hints at every schema with integer columns; ours are typed on purpose (model_input)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        yield
 
 
 def git_sha() -> str:
@@ -88,18 +118,25 @@ def log_model(
     if "member_id" in example:  # artifacts never carry real member keys
         example["member_id"] = [f"example-{i}" for i in range(len(example))]
     output = wrapper.predict(None, example, params)
-    signature = infer_signature(example, output, params=params)
     reqs = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "implicit")]
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=wrapper,
-        signature=signature,
-        input_example=example,
-        # explicit: skips MLflow's slow requirement inference; the estimators' classes come from
-        # this project's ``models`` package, installed wherever models are loaded (service, notebooks)
-        pip_requirements=reqs,
-        metadata={"kind": kind, **(metadata or {})},
-    )
+    # MLflow announces every pickled python_model and input-example check: known, not ours to act on
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with _integer_columns_on_purpose():
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=wrapper,
+                signature=infer_signature(example, output, params=params),
+                input_example=example,
+                # explicit: skips MLflow's slow requirement inference; the estimators' classes come
+                # from this project's ``models`` package, installed wherever models are loaded
+                pip_requirements=reqs,
+                metadata={"kind": kind, **(metadata or {})},
+            )
+    finally:
+        pyfunc_log.setLevel(level)
 
 
 def log_figure(fig, path: str) -> None:

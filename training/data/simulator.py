@@ -685,7 +685,8 @@ def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True) -> dict[str, 
     counts: dict[str, int] = {"raw/items": len(cat["items"]), "raw/offers": len(cat["offers"])}
     chunks = range(0, cfg.n_members, CHUNK)
     try:
-        for chunk_no, first in enumerate(tqdm(chunks, desc="simulate", unit="chunk", disable=not progress)):
+        bars = None if progress else True  # None: no bar when stdout is not a terminal
+        for chunk_no, first in enumerate(tqdm(chunks, desc="simulate", unit="chunk", disable=bars)):
             n = min(CHUNK, cfg.n_members - first)
             for name, df in _simulate_chunk(cfg, cat, chunk_no, first, n).items():
                 if name == "ground_truth/preferences":

@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.store import training_frame
+from kernel.constants import ONLINE_FEATURE_SERVICE
 from kernel.curated import load_curated
 from kernel.settings import Settings
 from models.cf import ALGORITHMS, CFRecommender, PopularityRecommender, interaction_weights
@@ -121,7 +122,8 @@ def run(
     future_test = test.groupby("member_id")["item_id"].agg(set)
     val_members, test_members = eval_members(fit_val, val), eval_members(fit_test, test)
 
-    with job_run(settings, "cf", feature_service=SEGMENT_FEATURE, cutoff=ctx.cutoff.date()) as run:
+    # the cold-start segment (tier) is the one feature CF reads from Feast, through the member service
+    with job_run(settings, "cf", ONLINE_FEATURE_SERVICE, [SEGMENT_FEATURE], cutoff=ctx.cutoff.date()) as run:
         mlflow.log_params(
             {
                 "algorithms": ",".join(algorithms),
@@ -147,7 +149,7 @@ def run(
                     mlflow.log_metric(f"val_{METRIC}", score)
                 return score
 
-            for _ in tqdm(range(trials), desc=f"tune {algo}", unit="trial", leave=False):
+            for _ in tqdm(range(trials), desc=f"tune {algo}", unit="trial", leave=False, disable=None):
                 study.optimize(objective, n_trials=1)
             model = fit_cf(algo, study.best_params, fit_test, ctx.cutoff, items, segments, settings.seed)
             rows[algo] = evaluate(model, test_members, owned_test, future_test, len(items)) | {
@@ -178,9 +180,9 @@ def run(
         mlflow.log_params({"chosen_algorithm": chosen, **{f"best_{k}": v for k, v in best[chosen][1].items()}})
         log_metrics(metrics)
         log_metrics(rows["popularity"], "popularity_")
-        notes = (
-            [] if chosen != "popularity" else ["no CF model beat popularity on validation: popularity is registered"]
-        )
+        notes = [f"chosen: {chosen} (best validation {METRIC} of {', '.join([*algorithms, 'popularity'])})"]
+        if chosen == "popularity":
+            notes.append("no CF model beat popularity on validation: popularity is registered")
         if "oracle" in rows:
             log_metrics(rows["oracle"], "oracle_")
         comparison = pd.DataFrame(rows).T
@@ -200,6 +202,7 @@ def run(
             holdout.reset_index(drop=True),
             register_model,
             params={"k": 10, "exclude_owned": True},
+            train=fit_test,
         )
         return JobResult("cf", run.info.run_id, metrics, comparison, decision, notes)
 

@@ -103,5 +103,6 @@ def run(
             metrics[METRIC],
             test.drop(columns=["spend_next"]),
             register_model,
+            train=train.drop(columns=["spend_next"]),
         )
         return JobResult("churn", run.info.run_id, metrics, comparison, decision)

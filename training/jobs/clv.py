@@ -68,5 +68,6 @@ def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, re
             metrics[METRIC],
             test.drop(columns=["churned"]),
             register_model,
+            train=train.drop(columns=["churned"]),
         )
         return JobResult("clv", run.info.run_id, metrics, comparison, decision)

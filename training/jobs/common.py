@@ -9,7 +9,7 @@ import pandas as pd
 
 from kernel.settings import Settings
 from training.registry import Decision, register, save_holdout
-from training.tracking import log_model
+from training.tracking import log_datasets, log_model
 
 
 class JobNotApplicable(Exception):
@@ -37,8 +37,11 @@ def finish(
     holdout: pd.DataFrame,
     register_model: bool = True,
     params: dict | None = None,
+    train: pd.DataFrame | None = None,
 ) -> Decision | None:
-    """Log the pyfunc and register it as challenger (or first champion). Call inside the job run."""
+    """Log the data as dataset inputs, the pyfunc, and register it as challenger (or first
+    champion). Call inside the job run."""
+    log_datasets({"training": train, "holdout": holdout} if train is not None else {"holdout": holdout}, job)
     holdout_name = save_holdout(settings, job, holdout)
     mlflow.set_tag("holdout", holdout_name)
     info = log_model(estimator, kind, example, params=params)

@@ -82,8 +82,10 @@ def evaluate_campaigns(settings: Settings, campaign: str | None = None, segments
     html += [f"<p><b>Note:</b> {n}</p>" for n in notes]
     html.append(
         "<p>Lift = treated - control; 95% Wald (conversion) and Welch (revenue) intervals; two-sided p-values."
-        f" ROI = (incremental revenue - cost) / cost; &lt; {ROI_ADJUST_BELOW:g} adjust, {ROI_ADJUST_BELOW:g}-"
-        f"{ROI_EXPAND_ABOVE:g} keep, &gt; {ROI_EXPAND_ABOVE:g} expand.</p>"
+        " ROI = (incremental revenue - cost) / cost, a ratio: ROI 19 means incremental revenue 20 times the"
+        f" benefit's cost (19x its cost in net return). The programme's thresholds are ratios too: &lt;"
+        f" {ROI_ADJUST_BELOW:g} adjust, {ROI_ADJUST_BELOW:g}-{ROI_EXPAND_ABOVE:g} keep, &gt; {ROI_EXPAND_ABOVE:g}"
+        " expand.</p>"
     )
     for name, fig in figs.items():
         buf = io.BytesIO()

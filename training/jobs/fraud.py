@@ -43,11 +43,12 @@ def run(settings: Settings, max_fpr: float = MAX_FPR, register_model: bool = Tru
     if labelled:
         truth = ctx.truth("fraud").set_index("member_id")["fraud"]
         y = truth.reindex(X.index).fillna(False).to_numpy(dtype=bool)
-    with job_run(settings, "fraud", feature_service="points_ledger (curated)", labelled=labelled) as run:
+    with job_run(settings, "fraud", source="curated points_ledger (no Feast features)", labelled=labelled) as run:
         mlflow.log_params({"max_fpr": max_fpr, "members": len(X), "features": ",".join(X.columns)})
         model = PointsFraudDetector(max_fpr=max_fpr, seed=settings.seed)
         notes: list[str] = []
         if not labelled:
+            fit_rows = X
             model.fit(X)
             flagged = model.predict(X)["flagged"]
             metrics = {"flagged": float(flagged.sum()), "flagged_share": float(flagged.mean())}
@@ -59,7 +60,8 @@ def run(settings: Settings, max_fpr: float = MAX_FPR, register_model: bool = Tru
             metric_value = float("nan")
         else:
             part = _split(y, settings.seed)
-            model.fit(X[part == 0])
+            fit_rows = X[part == 0]
+            model.fit(fit_rows)
             model.calibrate(X[part == 1], y[part == 1])
             test = part == 2
             scores = model.score(X[test])
@@ -71,6 +73,11 @@ def run(settings: Settings, max_fpr: float = MAX_FPR, register_model: bool = Tru
             log_metrics(metrics)
             log_metrics(baseline, "baseline_unmatched_rule_")
             comparison = pd.DataFrame({"isolation_forest": metrics, "unmatched_order_rule": baseline}).T
+            if not rule.any():
+                notes.append(
+                    "the unmatched_order_rule baseline flags nobody here: no points adjustment in the test members"
+                    " names an order that does not exist (its zeros are that, not a broken rule)"
+                )
             log_figure(
                 plots.histogram(
                     {"legitimate": scores[~y[test]], "fraud": scores[y[test]]}, model.threshold_, "anomaly score"
@@ -85,7 +92,16 @@ def run(settings: Settings, max_fpr: float = MAX_FPR, register_model: bool = Tru
         log_table(comparison.reset_index(names="model"), "comparison.json")
         example = X.head(5).reset_index()
         decision = finish(
-            settings, "fraud", model, "fraud", example, METRIC, metric_value, holdout, register_model and labelled
+            settings,
+            "fraud",
+            model,
+            "fraud",
+            example,
+            METRIC,
+            metric_value,
+            holdout,
+            register_model and labelled,
+            train=fit_rows.reset_index(),
         )
         return JobResult("fraud", run.info.run_id, metrics, comparison, decision, notes)
 

@@ -118,6 +118,12 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
                 log_metrics(rows["oracle (true uplift)"], "oracle_")
             log_figure(plots.qini({k: v for k, v in scores.items() if k != "random"}, t, y), "plots/qini.png")
             metric_value, metric_name = metrics[METRIC], METRIC
+            oracle = rows.get("oracle (true uplift)")
+            if oracle is not None and oracle["qini"] < metrics["qini"]:
+                notes.append(
+                    "the oracle's observed Qini is below the model's: observed outcomes are noisy draws on few"
+                    " campaigns; the true_* rows (true effects) are the fair comparison"
+                )
         comparison = pd.DataFrame(rows).T
         log_table(comparison.reset_index(names="model"), "comparison.json")
         cols = model.features_.columns_ + ["offer_id"]
@@ -131,6 +137,7 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             metric_value,
             test,
             register_model,
+            train=train,
         )
         return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes)
 
