@@ -50,9 +50,8 @@ def log_datasets(frames: dict[str, pd.DataFrame], name: str) -> None:
     fill the UI's Dataset column. MLflow keeps no rows, and member ids are left out of the digest."""
     for context, frame in frames.items():
         data = frame.drop(columns=[c for c in ("member_id",) if c in frame.columns])
-        with _integer_columns_on_purpose():
-            dataset = mlflow.data.from_pandas(data, name=f"{name}-{context}")
-        mlflow.log_input(dataset, context=context)
+        with _integer_columns_on_purpose():  # the schema is inferred when the input is logged
+            mlflow.log_input(mlflow.data.from_pandas(data, name=f"{name}-{context}"), context=context)
 
 
 @contextmanager
