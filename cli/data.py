@@ -79,9 +79,9 @@ def features_materialize(ctx: typer.Context) -> None:
     """Load the latest feature values (as of the dataset's end) into the online store."""
     require_dataset(settings_of(ctx))
     from features.store import materialize
-    from kernel.curated import read_meta
+    from kernel.curated import dataset_end
 
-    end = pd.Timestamp(read_meta(settings_of(ctx))["end"])
+    end = dataset_end(settings_of(ctx))
     materialize(settings_of(ctx), end)
     console.print(f"online store loaded with the latest feature values as of {end}")
 
@@ -91,10 +91,10 @@ def features_show(ctx: typer.Context, n: int = 3, member: list[str] = typer.Opti
     """Print online features for a few members (as the decision service would read them)."""
     require_dataset(settings_of(ctx))
     from features.store import get_store, online_features
-    from kernel.curated import load_curated, read_meta
+    from kernel.curated import dataset_end, load_curated
 
     ids = member or load_curated(settings_of(ctx), "members")["member_id"].head(n).tolist()
-    end = pd.Timestamp(read_meta(settings_of(ctx))["end"])
+    end = dataset_end(settings_of(ctx))
     df = online_features(get_store(settings_of(ctx)), ids, int(end.timestamp()))
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         console.print(df.set_index("member_id").T.to_string())

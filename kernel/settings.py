@@ -197,11 +197,12 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_dir / 'mlflow.db'}"
 
     def to_env(self) -> dict[str, str]:
-        """The ``LOYALTY_*`` variables that make a child process (the service) see these settings."""
+        """The ``LOYALTY_*`` variables that make a child process (the service) see these settings.
+        A secret read from a ``*_FILE`` stays there: the child inherits the file's name, not its value."""
         return {
             f"LOYALTY_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
             for name, value in self.model_dump(mode="json").items()
-            if value is not None
+            if value is not None and not (name in SECRET_FIELDS and os.environ.get(f"LOYALTY_{name.upper()}_FILE"))
         }
 
 

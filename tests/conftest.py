@@ -13,7 +13,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from kernel.constants import JOB_NAMES
@@ -90,7 +89,7 @@ def cli_args(settings: Settings, *args: str) -> list[str]:
 def pipeline(settings: Settings):
     """Simulate -> validate -> build snapshots -> feast apply -> materialise (SQLite)."""
     from features.store import apply, materialize
-    from kernel.curated import read_meta
+    from kernel.curated import dataset_end, read_meta
     from training.data.ingest import simulate_dataset, validate_dataset
     from training.featurize import build_feature_tables
 
@@ -98,7 +97,7 @@ def pipeline(settings: Settings):
     report = validate_dataset(settings)
     counts = build_feature_tables(settings, progress=False)
     store = apply(settings)
-    end = pd.Timestamp(read_meta(settings)["end"])
+    end = dataset_end(settings)
     materialize(settings, end)
     return {"store": store, "report": report, "counts": counts, "end": end, "meta": read_meta(settings)}
 

@@ -44,6 +44,7 @@ def test_secrets_come_from_files_and_an_unreadable_one_is_named(tmp_path, monkey
     monkeypatch.setenv("LOYALTY_API_KEYS", "demo-key")  # the file wins over the variable
     s = Settings(profile=Profile.production)
     assert s.api_keys == "key-a,key-b" and s.pseudonym_key == GOOD_KEY
+    assert "LOYALTY_API_KEYS" not in s.to_env() and "LOYALTY_PSEUDONYM_KEY" not in s.to_env()  # no copies in env
     monkeypatch.setenv("LOYALTY_PSEUDONYM_KEY_FILE", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="LOYALTY_PSEUDONYM_KEY_FILE: cannot read"):
         Settings()
