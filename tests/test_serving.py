@@ -21,6 +21,7 @@ from serving import decisions
 from serving.launch import ServerProcess, free_port, service_cmd, service_env
 
 KEY = "test-key"
+EVENT_TS = 1_750_000_000  # inside the simulated programme (2025-06-15): earlier or later times are a 422
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -198,7 +199,7 @@ def test_out_of_stock_and_already_redeemed_offers_are_never_offered(service, set
                     "member_id": m["member_id"],
                     "event": "redemption",
                     "offer_id": redeemed,
-                    "ts": 1,
+                    "ts": EVENT_TS,
                 }
             ]
         },
@@ -218,7 +219,7 @@ def test_out_of_stock_and_already_redeemed_offers_are_never_offered(service, set
                 "member_id": f"X{i}",
                 "event": "redemption",
                 "offer_id": target,
-                "ts": 1,
+                "ts": EVENT_TS,
             }
             for i in range(left)
         ]
