@@ -20,7 +20,7 @@ from cli.data import (
     features_materialize,
     features_show,
 )
-from cli.train import _train, evaluate_app, models_app, models_list, train_app
+from cli.train import _train, evaluate_app, models_app, models_list, show_campaign_evaluation, train_app
 from kernel.constants import JOB_NAMES
 from kernel.settings import Profile, Settings, settings_error
 
@@ -48,6 +48,17 @@ def main(
         fail(settings_error(err))
 
 
+def _demo_campaigns(ctx: typer.Context) -> None:
+    """Each offer's ROI decision, where the data has randomised campaigns."""
+    import pyarrow.parquet as pq
+
+    path = settings_of(ctx).curated_dir / "exposures.parquet"
+    if not path.exists() or pq.ParquetFile(path).metadata.num_rows == 0:
+        console.print("skipped: the dataset has no campaign exposures to evaluate")
+        return
+    show_campaign_evaluation(ctx, None, ("tier",), ("offer",))
+
+
 @app.command("demo")
 def demo(
     ctx: typer.Context,
@@ -68,6 +79,7 @@ def demo(
         ("online read", lambda: features_show(ctx, 3, None)),
         ("train", lambda: _train(settings_of(ctx), list(JOB_NAMES))),
         ("models", lambda: models_list(ctx)),
+        ("campaigns", lambda: _demo_campaigns(ctx)),
         ("serve + query", lambda: asked.append(serve_cmds.serve_and_query(settings_of(ctx), port))),
     ]
     for name, step in steps:

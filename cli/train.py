@@ -169,35 +169,55 @@ def evaluate_campaign(
     segment: list[str] = typer.Option(["tier"], help="tier | lifecycle_stage (repeatable)"),
 ) -> None:
     """Lift vs control with CIs and p-values, benefit ROI and its decision, per campaign/offer/segment."""
+    show_campaign_evaluation(ctx, campaign, tuple(segment), None)
+
+
+CAMPAIGN_COLUMNS = [
+    "treated",
+    "control",
+    "conversion_lift",
+    "conversion_p_value",
+    "incremental_revenue",
+    "benefit_cost",
+    "roi",
+    "roi_ci_low",
+    "roi_ci_high",
+    "decision",
+    "true_roi",
+    "true_decision",
+]
+
+
+def show_campaign_evaluation(
+    ctx: typer.Context, campaign: str | None, segments: tuple[str, ...], tables: tuple[str, ...] | None
+) -> None:
+    """Print the evaluation's tables (all, or the named ones), each offer's decision with its reason."""
     require_dataset(settings_of(ctx))
     from training.jobs.evaluate import evaluate_campaigns
 
     try:
-        out = evaluate_campaigns(settings_of(ctx), campaign, tuple(segment))
+        out = evaluate_campaigns(settings_of(ctx), campaign, segments)
     except (ValueError, FileNotFoundError) as err:
         fail(err)
-    cols = [
-        "treated",
-        "control",
-        "conversion_lift",
-        "conversion_p_value",
-        "incremental_revenue",
-        "benefit_cost",
-        "roi",
-        "decision",
-    ]
     with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
         for name, table in out["tables"].items():
+            if tables is not None and name not in tables:
+                continue
             console.rule(f"by {name}")
-            console.print(table.set_index(table.columns[0])[cols].to_string())
+            cols = [c for c in CAMPAIGN_COLUMNS if c in table.columns]
+            console.print(table.set_index(table.columns[0])[cols].to_string(), highlight=False)
+    offers = out["tables"]["offer"]
+    console.rule("decision per offer, and why")
+    for row in offers.itertuples():
+        console.print(f"{row.offer_id} {row.decision}: {row.reason}", soft_wrap=True, highlight=False)
     console.print(
         "roi = (incremental revenue - cost) / cost, a ratio (roi 19: net return 19 times the benefit's cost);"
         " the programme adjusts below 10, keeps 10-25, expands above 25",
         soft_wrap=True,
     )
     for note in out["notes"]:
-        console.print(f"[yellow]note:[/yellow] {note}")
-    console.print(f"report: {out['report']} (also in MLflow run {out['run_id'][:8]})")
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    console.print(f"report: {out['report']} (also in MLflow run {out['run_id'][:8]})", soft_wrap=True)
 
 
 @evaluate_app.command("policy")

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import cli_args
-from training.evaluation.campaign import evaluate_groups, mean_difference, roi_decision, two_proportion
+from training.evaluation.campaign import (
+    evaluate_groups,
+    mean_difference,
+    roi_decision,
+    true_economics,
+    two_proportion,
+)
 
 
 @pytest.mark.unit
@@ -60,6 +66,66 @@ def test_roi_uses_incremental_revenue_against_control_not_total_sales():
     assert row["significant"] and row["conversion_lift"] == pytest.approx(0.1)
 
 
+def _campaign(n: int, revenue_treated: float, revenue_control: float, redeemed: int, noise: float) -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    return pd.DataFrame(
+        {
+            "treatment": [True] * n + [False] * n,
+            "converted": True,
+            "redeemed": [True] * redeemed + [False] * (2 * n - redeemed),
+            "revenue": np.r_[rng.normal(revenue_treated, noise, n), rng.normal(revenue_control, noise, n)],
+            "offer_id": "A",
+        }
+    )
+
+
+@pytest.mark.unit
+def test_each_decision_states_its_reason_and_whether_the_interval_supports_it():
+    cost = pd.Series({"A": 1.0})
+    # lift 4 per member, cost 0.1 per member: ROI 39; precise, so a confident "expand"
+    clear = evaluate_groups(_campaign(4000, 14.0, 10.0, 400, 2.0), cost, []).iloc[0]
+    assert clear["decision"] == "expand" and clear["decision_confident"]
+    assert clear["roi_ci_low"] > 25 and clear["roi_ci_low"] < clear["roi"] < clear["roi_ci_high"]
+    assert clear["reason"].startswith("ROI 38.9 > 25") and "95% CI" in clear["reason"]
+    # the same ROI measured on noisy revenue: the interval crosses 25, so the report says so
+    noisy = evaluate_groups(_campaign(4000, 14.0, 10.0, 400, 60.0), cost, []).iloc[0]
+    assert not noisy["decision_confident"] and "crosses a threshold" in noisy["reason"]
+    assert noisy["roi_ci_low"] < 25 < noisy["roi_ci_high"]
+    losing = evaluate_groups(_campaign(4000, 10.0, 10.2, 400, 1.0), cost, []).iloc[0]
+    assert losing["decision"] == "adjust" and losing["reason"].startswith("loses money")
+    free = evaluate_groups(_campaign(500, 11.0, 10.0, 0, 1.0), cost, []).iloc[0]
+    assert free["decision"] == "n/a" and "no redemptions" in free["reason"] and not free["decision_confident"]
+
+
+@pytest.mark.unit
+def test_true_economics_counts_incremental_revenue_and_cost_on_the_treated():
+    truth = pd.DataFrame(
+        {
+            "offer_id": ["A", "A", "A", "B", "B"],
+            "treatment": [True, True, False, True, True],
+            "p_convert_control": [0.1, 0.2, 0.9, 0.3, 0.3],
+            "p_convert_treated": [0.3, 0.4, 0.9, 0.2, 0.2],
+            "order_value": [50.0, 50.0, 1000.0, 20.0, 20.0],
+            "cost": [0.5, 0.5, 0.0, 1.0, 1.0],
+        }
+    )
+    out = true_economics(truth, ["offer_id"]).set_index("offer_id")
+    assert out.loc["A", "true_incremental_revenue"] == pytest.approx(20.0)  # the control row is not counted
+    assert out.loc["A", "true_roi"] == pytest.approx(19.0) and out.loc["A", "true_decision"] == "keep"
+    assert out.loc["B", "true_roi"] == pytest.approx(-3.0) and out.loc["B", "true_decision"] == "adjust"
+
+
+def test_the_simulated_offers_are_worth_expanding_keeping_or_adjusting_as_designed(settings, pipeline):
+    """Truth: each offer's expected ROI on its real audience takes the decision it was built for."""
+    truth = pd.read_parquet(settings.ground_truth_dir / "exposures.parquet")
+    design = pd.read_parquet(settings.ground_truth_dir / "offer_effects.parquet").set_index("offer_id")
+    true = true_economics(truth, ["offer_id"]).set_index("offer_id").join(design["economics"])
+    assert set(true["true_decision"]) == {"adjust", "keep", "expand"}
+    assert (true["true_decision"] == true["economics"].str.split(":").str[0]).all(), true
+    hurting = true[true["economics"] == "adjust: hurts conversion"]
+    assert (hurting["true_incremental_revenue"] < 0).all()  # adjusted because they lose conversions
+
+
 def test_campaign_report_on_the_simulator_recovers_the_true_lift(settings, pipeline):
     from mlflow.tracking import MlflowClient
 
@@ -76,7 +142,13 @@ def test_campaign_report_on_the_simulator_recovers_the_true_lift(settings, pipel
     assert abs(overall["conversion_lift"] - true_lift) < 1.5 * half_width  # ~3 SE
     assert set(out["tables"]) == {"campaign", "offer", "tier", "lifecycle_stage"}
     assert out["tables"]["tier"]["treated"].sum() == exp["treatment"].sum()  # every exposure in a segment
-    assert out["tables"]["offer"]["decision"].isin(["adjust", "keep", "expand", "n/a"]).all()
+    offers = out["tables"]["offer"]
+    assert offers["decision"].isin(["adjust", "keep", "expand", "n/a"]).all()
+    # a confident measured decision is the true one; the world shows all three
+    confident = offers[offers["decision_confident"]]
+    assert (confident["decision"] == confident["true_decision"]).all(), offers
+    assert {"adjust", "keep", "expand"} <= set(offers["decision"]), offers
+    assert any("true_roi is the simulator's ground truth" in n for n in out["notes"])
     html = out["report"].read_text()
     assert html.count("<img") == 2 and "by tier" in html
     names = {a.path for a in MlflowClient().list_artifacts(out["run_id"])}

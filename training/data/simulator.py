@@ -8,7 +8,11 @@ the transactions, with a small share of injected points-farming fraud.
 
 Raw tables go to ``<out>/raw`` (the same shape an adapter produces) and the ground truth
 to ``<out>/ground_truth``: true preference ranking, true churn probability over the label
-window, true uplift for every member x offer, true best send hour and fraud flags.
+window, true uplift for every member x offer, the expected conversion, revenue and cost of
+every campaign exposure, true best send hour and fraud flags.
+
+Offers have an economics mix: each is built to be worth expanding, keeping or adjusting under
+the programme's ROI rule, for a stated reason (``ground_truth/offer_effects``: ``economics``).
 
 Members are simulated in fixed-size chunks, each with its own RNG stream spawned from
 the seed, so output is deterministic for (n_members, seed) and memory stays bounded
@@ -32,6 +36,36 @@ from training.data.points import derive_points_ledger
 from training.data.tiers import tier_from_spend, tier_names
 
 SURE_THING_SHARE = 0.9  # share of a member's activity lift on the logit that an offer cannot add to
+# Conversion orders are one line: quantity 1 + Poisson(0.3), a 15% chance of a U(0.05, 0.3) discount.
+CONVERSION_ORDER_FACTOR = 1.3 * (1 - 0.15 * 0.175)
+# The economics each offer is built for, by offer index: the programme's ROI rule should expand
+# the first kind, keep the second and adjust the last two: one is priced for an ROI below 10 (on a
+# tier-restricted audience of active members it often loses money), the other hurts conversion.
+# Widely eligible offers (index % 4 in {0, 3}) carry the expand/keep cases, so campaigns reach
+# enough members to measure their ROI precisely; tier-restricted offers reach few members.
+OFFER_ECONOMICS = (
+    "expand",
+    "adjust: priced too high",
+    "adjust: hurts conversion",
+    "keep",
+    "adjust: priced too high",
+    "adjust: priced too high",
+    "adjust: hurts conversion",
+    "expand",
+    "keep",
+    "adjust: priced too high",
+    "adjust: hurts conversion",
+    "adjust: hurts conversion",
+)
+# Per kind: the range of the offer's base effect on the conversion logit, and the ROI its cost is
+# priced for on a pilot population (None: the cost is drawn, the offer loses money anyway).
+ECONOMICS_DESIGN = {
+    "expand": ((1.1, 1.5), 60.0),
+    "keep": ((1.1, 1.5), 17.0),
+    "adjust: priced too high": ((0.3, 0.7), 3.0),
+    "adjust: hurts conversion": ((-1.2, -0.8), None),
+}
+PILOT_MEMBERS = 4_000
 CHUNK = 20_000  # members per RNG stream; part of the determinism contract
 REGIONS = ["north", "south", "east", "west", "central", "coast"]
 CATEGORIES = ["grocery", "beauty", "apparel", "home", "electronics", "baby", "pets", "sports", "books", "wine"]
@@ -138,7 +172,7 @@ def make_catalogue(cfg: SimConfig) -> dict:
                 "scene_dimension": scenes[o % 4],
                 "value_dimension": values[(o // 3) % 4],
                 "category_l1": CATEGORIES[o % len(CATEGORIES)],
-                "cost": float(np.round(rng.uniform(1.0, 12.0), 2)),
+                "cost": float(np.round(rng.uniform(1.0, 12.0), 2)),  # repriced below for its economics
                 "margin_impact": float(np.round(-rng.uniform(0.0, 0.15), 3)),
                 "eligible_tiers": tier_sets[o % 4],
                 "stock": int(max(50, cfg.n_members * rng.uniform(0.02, 0.15))),
@@ -152,16 +186,18 @@ def make_catalogue(cfg: SimConfig) -> dict:
     #       - SURE_THING_SHARE * activity: active members (frequent, engaged) would mostly buy
     #       anyway, so an offer mostly subsidises them ("sure things") although their response
     #       propensity is the highest; propensity and uplift rankings therefore differ.
+    economics = [OFFER_ECONOMICS[o % len(OFFER_ECONOMICS)] for o in range(len(offers))]
     effect = pd.DataFrame(
         {
             "offer_id": offers["offer_id"],
-            "base": rng.normal(0.4, 0.4, len(offers)),
+            "economics": economics,
+            "base": [rng.uniform(*ECONOMICS_DESIGN[e][0]) for e in economics],
             "price_slope": rng.normal(2.0, 1.0, len(offers)),
             "pref_slope": rng.normal(0.0, 0.5, len(offers)),
             "redeem_rate": rng.uniform(0.55, 0.9, len(offers)),
         }
     )
-    return {
+    cat = {
         "items": items,
         "item_factors": item_factors,
         "item_bias": item_bias,
@@ -170,6 +206,45 @@ def make_catalogue(cfg: SimConfig) -> dict:
         "offers": offers,
         "effect": effect,
     }
+    offers["cost"] = _priced_costs(cfg, cat)
+    return cat
+
+
+def _category_order_value(lat: _Latent, cat: dict) -> np.ndarray:
+    """Members x categories: the expected value of a conversion order in each category."""
+    price = cat["items"]["price"].to_numpy()
+    out = np.zeros((len(lat.ids), len(CATEGORIES)))
+    for c in range(len(CATEGORIES)):
+        in_c = cat["item_category"] == c
+        p = lat.item_prob[:, in_c]
+        out[:, c] = (p @ price[in_c]) / p.sum(axis=1)
+    return out * CONVERSION_ORDER_FACTOR
+
+
+def _category_preference(lat: _Latent, cat: dict) -> np.ndarray:
+    """Members x categories: the share of a member's purchase choices in each category."""
+    return np.stack([lat.item_prob[:, cat["item_category"] == c].sum(axis=1) for c in range(len(CATEGORIES))], 1)
+
+
+def _priced_costs(cfg: SimConfig, cat: dict) -> np.ndarray:
+    """Cost per redemption that gives each offer the ROI its economics asks for on a pilot population
+    (an own RNG stream, so the members of the world are untouched)."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1_000_004]))
+    lat = _make_latent(cfg, cat, rng, 0, PILOT_MEMBERS)
+    cat_pref, value = _category_preference(lat, cat), _category_order_value(lat, cat)
+    offers, effect = cat["offers"], cat["effect"]
+    offer_cat = offers["category_l1"].map({c: i for i, c in enumerate(CATEGORIES)}).to_numpy()
+    costs = offers["cost"].to_numpy(float).copy()
+    for o, kind in enumerate(effect["economics"]):
+        target = ECONOMICS_DESIGN[kind][1]
+        if target is None:
+            continue
+        rows, oidx = np.arange(len(lat.ids)), np.full(len(lat.ids), o)
+        p0, p1 = _conversion_probs(lat, cat_pref, effect, offer_cat, rows, oidx)
+        incremental = ((p1 - p0) * value[rows, offer_cat[o]]).mean()
+        redemptions = (p1 * effect["redeem_rate"].iloc[o]).mean()
+        costs[o] = max(0.05, round(float(incremental / ((target + 1.0) * redemptions)), 2))
+    return costs
 
 
 # --------------------------------------------------------------------------- members
@@ -237,11 +312,9 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
     lat = _make_latent(cfg, cat, rng, first, n)
     start = cfg.start_ts
     items = cat["items"]
-    n_cat = len(CATEGORIES)
     cat_of_item = cat["item_category"]
-    cat_pref = np.zeros((n, n_cat))
-    for c in range(n_cat):
-        cat_pref[:, c] = lat.item_prob[:, cat_of_item == c].sum(axis=1)
+    cat_pref = _category_preference(lat, cat)
+    order_value = _category_order_value(lat, cat)
 
     # Consent snapshot.
     consent = {
@@ -292,6 +365,7 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
                 offers,
                 effect,
                 offer_cat,
+                order_value,
             )
             exposures.append(exp_df)
             if len(conv[0]):
@@ -383,7 +457,7 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
     # ---- ground truth
     truth_pref = _truth_preferences(lat)
     truth_churn = _truth_churn(cfg, lat, alive_at_cutoff, recency_at_cutoff, season)
-    truth_uplift = _truth_uplift(lat, cat_pref, offers, effect, offer_cat)
+    truth_uplift = _truth_uplift(lat, cat_pref, offers, effect, offer_cat, order_value)
     truth_members = pd.DataFrame(
         {
             "member_id": lat.ids,
@@ -400,8 +474,16 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
         if len(exposures_df)
         else exposures_df
     )
+    truth_columns = [c for c in exposures_df.columns if c.startswith("true_")]
+    truth_exposures = (
+        exposures_df[["exposure_id", "offer_id", "campaign_id", "treatment", *truth_columns]].rename(
+            columns=lambda c: c.removeprefix("true_")
+        )
+        if len(exposures_df)
+        else exposures_df
+    )
     exposures_out = exposures_df.drop(
-        columns=["redeemed", "converted", "response_ts", "revenue", "conv_order_id"], errors="ignore"
+        columns=["redeemed", "converted", "response_ts", "revenue", "conv_order_id", *truth_columns], errors="ignore"
     )
     return {
         "raw/members": members,
@@ -413,6 +495,7 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
         "ground_truth/preferences": truth_pref,
         "ground_truth/churn": truth_churn,
         "ground_truth/uplift": truth_uplift,
+        "ground_truth/exposures": truth_exposures,
         "ground_truth/members": truth_members,
         "ground_truth/fraud": fraud,
         "ground_truth/fraud_entries": fraud_entries,
@@ -445,9 +528,27 @@ def _lines_frame(
 
 
 def _run_campaign(
-    cfg, rng, chunk_no, lat, cat_pref, consent, spend_by_day, recency, active, joined, d, k, offers, effect, offer_cat
+    cfg,
+    rng,
+    chunk_no,
+    lat,
+    cat_pref,
+    consent,
+    spend_by_day,
+    recency,
+    active,
+    joined,
+    d,
+    k,
+    offers,
+    effect,
+    offer_cat,
+    order_value,
 ):
-    """One randomised campaign: random reach, random eligible offer, treatment/control split."""
+    """One randomised campaign: random reach, random eligible offer, treatment/control split.
+
+    Each exposure also carries its truth: the expected conversion with and without the offer
+    (zero for members who have churned), the expected order value and the expected cost."""
     n = len(lat.ids)
     reachable = joined & (consent["consent_push"] | consent["consent_sms"] | consent["consent_email"])
     chosen = reachable & (rng.random(n) < cfg.campaign_reach)
@@ -468,9 +569,10 @@ def _run_campaign(
     )
     ch = channels[np.argmax(ch_ok * rng.random(ch_ok.shape), axis=1)]
     p0, p1 = _conversion_probs(lat, cat_pref, effect, offer_cat, rows, offer_idx)
-    p = np.where(treated, p1, p0) * active[rows]  # dead members never convert
-    converted = rng.random(len(rows)) < p
-    redeemed = converted & treated & (rng.random(len(rows)) < effect["redeem_rate"].to_numpy()[offer_idx])
+    p0, p1 = p0 * active[rows], p1 * active[rows]  # dead members never convert
+    converted = rng.random(len(rows)) < np.where(treated, p1, p0)
+    redeem_rate = effect["redeem_rate"].to_numpy()[offer_idx]
+    redeemed = converted & treated & (rng.random(len(rows)) < redeem_rate)
     delay = rng.integers(0, cfg.response_window_days, len(rows))
     ts = cfg.start_ts + pd.Timedelta(days=d) + pd.to_timedelta(rng.integers(9 * 3600, 20 * 3600, len(rows)), unit="s")
     resp_ts = pd.Series(ts + pd.to_timedelta(delay, unit="D")).where(converted)
@@ -490,6 +592,10 @@ def _run_campaign(
             "redeemed": redeemed,
             "converted": converted,
             "response_ts": resp_ts.to_numpy(),
+            "true_p_convert_control": p0,
+            "true_p_convert_treated": p1,
+            "true_order_value": order_value[rows, offer_cat[offer_idx]],
+            "true_cost": np.where(treated, p1 * redeem_rate * offers["cost"].to_numpy()[offer_idx], 0.0),
         }
     )
     # order ids of conversions must match the ones _lines_frame assigns (prefix + running number)
@@ -647,12 +753,12 @@ def _truth_churn(
     return pd.DataFrame({"member_id": lat.ids, "p_no_purchase": p, "joined_before_cutoff": joined})
 
 
-def _truth_uplift(lat, cat_pref, offers, effect, offer_cat) -> pd.DataFrame:
+def _truth_uplift(lat, cat_pref, offers, effect, offer_cat, order_value) -> pd.DataFrame:
     n, k = len(lat.ids), len(offers)
     rows = np.repeat(np.arange(n), k)
     oidx = np.tile(np.arange(k), n)
     p0, p1 = _conversion_probs(lat, cat_pref, effect, offer_cat, rows, oidx)
-    value = lat.basket_value[rows] * 1.2  # conversion orders are single lines with ~1.3 qty
+    value = order_value[rows, offer_cat[oidx]]
     redeem = effect["redeem_rate"].to_numpy()[oidx]
     cost = offers["cost"].to_numpy()[oidx]
     return pd.DataFrame(

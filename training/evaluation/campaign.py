@@ -24,6 +24,37 @@ def roi_decision(roi: float) -> str:
     return "expand" if roi > ROI_EXPAND_ABOVE else "keep"
 
 
+def decision_band(decision: str) -> tuple[float, float]:
+    """The ROI interval in which the rule takes ``decision``."""
+    return {
+        "adjust": (-np.inf, ROI_ADJUST_BELOW),
+        "keep": (ROI_ADJUST_BELOW, ROI_EXPAND_ABOVE),
+        "expand": (ROI_EXPAND_ABOVE, np.inf),
+    }.get(decision, (np.nan, np.nan))
+
+
+def decision_reason(roi: float, low: float, high: float, spent: float, incremental: float) -> tuple[bool, str]:
+    """Whether the 95% interval of the ROI supports the rule's decision, and why, in words."""
+    if not np.isfinite(incremental):
+        return False, "no control group or too few members: incremental revenue not identified"
+    if not spent > 0:
+        return False, f"no redemptions, so no cost: ROI undefined (incremental revenue {incremental:.4g})"
+    decision = roi_decision(roi)
+    why = {
+        "adjust": "loses money: incremental revenue below its cost"
+        if roi < 0
+        else f"ROI {roi:.3g} < {ROI_ADJUST_BELOW:g}",
+        "keep": f"ROI {roi:.3g} within {ROI_ADJUST_BELOW:g}-{ROI_EXPAND_ABOVE:g}",
+        "expand": f"ROI {roi:.3g} > {ROI_EXPAND_ABOVE:g}",
+    }[decision]
+    lo, hi = decision_band(decision)
+    confident = bool(lo <= low and high <= hi)
+    interval = f"95% CI {low:.3g} to {high:.3g}"
+    if confident:
+        return True, f"{why} ({interval})"
+    return False, f"{why}, but the {interval} crosses a threshold: gather more data before acting"
+
+
 def two_proportion(x1: int, n1: int, x0: int, n0: int) -> tuple[float, float, float, float]:
     """Difference of proportions, 95% Wald interval and two-sided z-test p-value (pooled)."""
     if n1 == 0 or n0 == 0:
@@ -67,6 +98,9 @@ def evaluate_groups(exposures: pd.DataFrame, cost: pd.Series, by: list[str]) -> 
         spent = float((t["redeemed"] * t["offer_id"].map(cost).fillna(0)).sum())
         incremental = rev[0] * len(t) if np.isfinite(rev[0]) else np.nan
         roi = (incremental - spent) / spent if spent > 0 and np.isfinite(incremental) else np.nan
+        # the cost is observed; the interval of the ROI is the one of the revenue lift, rescaled
+        roi_low, roi_high = ((np.array(rev[1:3]) * len(t) - spent) / spent) if spent > 0 else (np.nan, np.nan)
+        confident, reason = decision_reason(roi, roi_low, roi_high, spent, incremental)
         keys = key if isinstance(key, tuple) else (key,)
         rows.append(
             {
@@ -87,8 +121,31 @@ def evaluate_groups(exposures: pd.DataFrame, cost: pd.Series, by: list[str]) -> 
                 "incremental_revenue": incremental,
                 "benefit_cost": spent,
                 "roi": roi,
+                "roi_ci_low": roi_low,
+                "roi_ci_high": roi_high,
                 "decision": roi_decision(roi),
+                "decision_confident": confident,
+                "reason": reason,
                 "significant": bool(np.isfinite(conv[3]) and conv[3] < ALPHA),
             }
         )
     return pd.DataFrame(rows)
+
+
+def true_economics(truth: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The ROI a group of exposures truly has, from the expected outcomes the simulator keeps.
+
+    ``truth``: one row per exposure with treatment, p_convert_control, p_convert_treated,
+    order_value and cost (the expected benefit cost, zero for control members) and the ``by``
+    columns. Incremental revenue is counted on the treated members, as the measured ROI is.
+    """
+    treated = truth[truth["treatment"]]
+    treated = treated.assign(
+        incremental=(treated["p_convert_treated"] - treated["p_convert_control"]) * treated["order_value"]
+    )
+    g = treated.groupby(by, observed=True) if by else treated.assign(group="all").groupby("group")
+    out = g.agg(true_incremental_revenue=("incremental", "sum"), true_benefit_cost=("cost", "sum")).reset_index()
+    cost = out["true_benefit_cost"].where(out["true_benefit_cost"] > 0)
+    out["true_roi"] = (out["true_incremental_revenue"] - cost) / cost
+    out["true_decision"] = out["true_roi"].map(roi_decision)
+    return out

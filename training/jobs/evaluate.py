@@ -16,9 +16,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from features.store import get_store, training_frame  # noqa: E402
-from kernel.curated import exposures_with_responses, load_curated  # noqa: E402
+from kernel.curated import exposures_with_responses, load_curated, read_meta  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
-from training.evaluation.campaign import ROI_ADJUST_BELOW, ROI_EXPAND_ABOVE, evaluate_groups  # noqa: E402
+from training.evaluation.campaign import (  # noqa: E402
+    ROI_ADJUST_BELOW,
+    ROI_EXPAND_ABOVE,
+    evaluate_groups,
+    true_economics,
+)
 from training.tracking import job_run, log_table  # noqa: E402
 
 SEGMENTS = {"tier": "member_profile:tier", "lifecycle_stage": "member_profile:lifecycle_stage"}
@@ -52,6 +57,16 @@ def evaluate_campaigns(settings: Settings, campaign: str | None = None, segments
     for s in segments:
         tables[s] = evaluate_groups(exp, cost, [s])
     notes = [] if has_control else ["no control group: lift, incremental revenue and ROI are not identified"]
+    truth_path = settings.ground_truth_dir / "exposures.parquet"
+    if read_meta(settings).get("source") == "simulator" and truth_path.exists():
+        truth = pd.read_parquet(truth_path).merge(exp[["exposure_id"]], on="exposure_id")
+        for name, key in (("campaign", "campaign_id"), ("offer", "offer_id")):
+            columns = ["true_roi", "true_decision"]
+            tables[name] = tables[name].merge(true_economics(truth, [key])[[key, *columns]], on=key, how="left")
+        notes.append(
+            "true_roi is the simulator's ground truth (expected outcomes, no sampling noise); the measured roi"
+            " should take the same decision wherever its interval is confident"
+        )
 
     figs = {}
     camp = tables["campaign"]
