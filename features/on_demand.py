@@ -36,6 +36,22 @@ def _copy(fn: types.FunctionType) -> types.FunctionType:
     return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+NEVER_PURCHASED_DAYS = 9999.0  # no purchase ever: a large sentinel rather than time since the epoch
+
+
+def days_since_last_purchase_one(last_purchase_ts, rt_last_purchase_ts, request_ts: int) -> float:
+    """:func:`days_since_last_purchase` for one member, on plain values (the service's hot path)."""
+    last = max(_unix(last_purchase_ts), _unix(rt_last_purchase_ts))
+    return (int(request_ts) - last) / 86400.0 if last > 0 else NEVER_PURCHASED_DAYS
+
+
+def _unix(value) -> int:
+    try:
+        return int(value) if value is not None and value == value else 0  # NaN != NaN
+    except (TypeError, ValueError):
+        return 0
+
+
 def days_since_last_purchase(inputs: pd.DataFrame) -> pd.Series:
     """Days from the last purchase (batch snapshot or pushed in real time) to ``request_ts``.
 
@@ -46,5 +62,4 @@ def days_since_last_purchase(inputs: pd.DataFrame) -> pd.Series:
     live = pd.to_numeric(inputs["rt_last_purchase_ts"], errors="coerce").fillna(0).astype("int64")
     last = batch.where(batch >= live, live)
     days = (pd.to_numeric(inputs["request_ts"]).astype("int64") - last) / 86400.0
-    # no purchase ever: report a large sentinel rather than time since the epoch
-    return days.where(last > 0, 9999.0)
+    return days.where(last > 0, NEVER_PURCHASED_DAYS)

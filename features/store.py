@@ -11,9 +11,15 @@ import contextlib
 import io
 import warnings
 from collections.abc import Iterator
-from datetime import datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 import yaml
 from feast import FeatureStore, RepoConfig
@@ -23,12 +29,14 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
-from features.on_demand import days_since_last_purchase
+from features.on_demand import days_since_last_purchase, days_since_last_purchase_one
 from features.repo import feast_objects
 from features.repo_spec import SPEC_KEY, RepoSpec
 from features.views import NO_TTL_VIEWS
-from kernel.constants import MEMBER_ID, ONLINE_FEATURE_SERVICE
+from kernel.constants import EVENT_TIMESTAMP, MEMBER_ID, ONLINE_FEATURE_SERVICE
 from kernel.settings import Profile, Settings
+
+OFFLINE_ROW_GROUP = 64_000  # rows per parquet row group of the snapshot tables
 
 
 def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
@@ -84,7 +92,9 @@ def write_offline_table(settings: Settings, name: str, df: pd.DataFrame) -> None
     """One snapshot table: parquet (always, the exchange format) and, on the production
     profile, the PostgreSQL table its Feast source reads (replaced in one transaction)."""
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(settings.offline_dir / f"{name}.parquet", index=False)
+    # in time order, in row groups of a bounded size: a read as of one time skips the others
+    df = df.sort_values(EVENT_TIMESTAMP, kind="stable") if EVENT_TIMESTAMP in df else df
+    df.to_parquet(settings.offline_dir / f"{name}.parquet", index=False, row_group_size=OFFLINE_ROW_GROUP)
     if settings.profile is not Profile.production:
         return
     engine = sa.create_engine(settings.postgres_url)
@@ -159,23 +169,117 @@ def online_features(
 
 
 def serving_feature_refs(store: FeatureStore) -> list[str]:
-    """``member_online_v1`` without its on-demand view: the materialised features the service reads."""
+    """``member_online_v1`` without its on-demand view: the materialised features the service reads.
+    Resolving a feature service costs more than the read itself: callers on a request path
+    resolve it once and pass the references."""
     fs = store.get_feature_service(ONLINE_FEATURE_SERVICE)
     return [
         f"{p.name}:{f.name}" for p in fs.feature_view_projections if p.name != "request_recency" for f in p.features
     ]
 
 
-def serving_features(store: FeatureStore, member_ids: list[str], request_ts: int) -> pd.DataFrame:
-    """``member_online_v1`` for the decision service: the materialised views from the online
-    store, and the request-time recency computed in process with the on-demand view's own
-    function (same values, without the cost of Feast's on-demand transformation)."""
+def serving_rows(
+    store: FeatureStore, member_ids: list[str], request_ts: int, refs: list[str] | None = None
+) -> list[dict]:
+    """``member_online_v1`` for the decision service, one plain dict per member (no pandas on the
+    request path): the materialised views from the online store, and the request-time recency
+    computed in process with the on-demand view's own rule (same values, without the cost of
+    Feast's on-demand transformation). Unknown members come back with ``None`` values."""
+    data = store.get_online_features(
+        features=refs or serving_feature_refs(store), entity_rows=[{MEMBER_ID: m} for m in member_ids]
+    ).to_dict()
+    rows = [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
+    for row in rows:
+        row["request_ts"] = int(request_ts)
+        row["days_since_last_purchase"] = days_since_last_purchase_one(
+            row.get("last_purchase_ts"), row.get("rt_last_purchase_ts"), request_ts
+        )
+    return rows
+
+
+def serving_features(
+    store: FeatureStore, member_ids: list[str], request_ts: int, refs: list[str] | None = None
+) -> pd.DataFrame:
+    """:func:`serving_rows` as a frame, for batch scoring."""
     df = store.get_online_features(
-        features=serving_feature_refs(store), entity_rows=[{MEMBER_ID: m} for m in member_ids]
+        features=refs or serving_feature_refs(store), entity_rows=[{MEMBER_ID: m} for m in member_ids]
     ).to_df()
     df["request_ts"] = int(request_ts)
     df["days_since_last_purchase"] = days_since_last_purchase(df).to_numpy()
     return df
+
+
+def service_views(store: FeatureStore, service: str) -> list[tuple[str, list[str], timedelta]]:
+    """(view, features, ttl) of each materialised view in a feature service, from Feast's registry."""
+    fs = store.get_feature_service(service)
+    out = []
+    for p in fs.feature_view_projections:
+        if p.name == "request_recency":
+            continue
+        out.append((p.name, [f.name for f in p.features], store.get_feature_view(p.name).ttl or timedelta(0)))
+    return out
+
+
+def read_latest(
+    offline_dir: Path,
+    views: list[tuple[str, list[str], timedelta]],
+    as_of: pd.Timestamp,
+    member_ids: list[str] | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Each member's latest snapshot row at ``as_of`` from each view's offline table, in bulk.
+
+    Feast's point-in-time join (the file offline store runs it on Dask) costs far more than
+    scoring when every member is asked about one time: then it reduces to "the newest row per
+    member in [as_of - ttl, as_of]", a filtered columnar read (row groups outside the window
+    are skipped: the tables are written in time order) and a hashed lookup. The views, their
+    features and TTLs come from Feast's registry; the rows from the parquet snapshot tables
+    that ``training.featurize`` writes on both profiles (the exchange copy of the PostgreSQL
+    tables). Values are what :func:`training_frame` returns for the same members at ``as_of``.
+
+    One row per ``member_ids`` (in order; nulls where a view has no row in range), or per
+    member seen in any view when ``member_ids`` is None.
+    """
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    stamp = pa.scalar(as_of.to_pydatetime(), type=pa.timestamp("us", tz="UTC"))
+
+    def in_range(view: tuple[str, list[str], timedelta]) -> tuple[pa.Table, pa.Array]:
+        """The view's rows in [as_of - ttl, as_of] and their order, newest first."""
+        name, features, ttl = view
+        where = pc.field(EVENT_TIMESTAMP) <= stamp
+        if ttl:
+            where &= pc.field(EVENT_TIMESTAMP) >= pa.scalar((as_of - ttl).to_pydatetime(), type=stamp.type)
+        table = pq.read_table(
+            offline_dir / f"{name}.parquet", columns=[MEMBER_ID, EVENT_TIMESTAMP, *features], filters=where
+        )
+        return table, pc.sort_indices(table, sort_keys=[(EVENT_TIMESTAMP, "descending")])
+
+    def aligned(found: tuple[pa.Table, pa.Array]) -> pa.Table:
+        table, order = found
+        # index_in finds the first match; in newest-first order that is each member's latest row
+        newest = pc.index_in(ids, value_set=table.column(MEMBER_ID).take(order))
+        return table.drop_columns([MEMBER_ID, EVENT_TIMESTAMP]).take(order.take(newest))
+
+    # Arrow's kernels release the GIL: the views are read and aligned side by side
+    with ThreadPoolExecutor(max_workers=min(len(views), 4) or 1) as pool:
+        latest = list(pool.map(in_range, views))
+        if member_ids is None:
+            ids = pc.unique(pa.chunked_array([t.column(MEMBER_ID) for t, _ in latest], type=pa.string()))
+        else:
+            ids = pa.array(np.asarray(member_ids, dtype=object), type=pa.string())
+        parts = list(pool.map(aligned, latest))
+    columns, names = [ids], [MEMBER_ID]
+    for rows in parts:
+        columns += rows.columns
+        names += rows.column_names
+    return pa.table(columns, names=names).to_pandas()
+
+
+def latest_features(
+    settings: Settings, store: FeatureStore, service: str, as_of: pd.Timestamp, member_ids=None
+) -> pd.DataFrame:
+    """:func:`read_latest` for a feature service of the active dataset."""
+    return read_latest(settings.offline_dir, service_views(store, service), as_of, member_ids)
 
 
 def training_frame(store: FeatureStore, entity_df: pd.DataFrame, service: str | list[str]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ CONTACT_CHANNELS = ("push", "sms", "email")
 # column names of the entity and the snapshot tables
 MEMBER_ID = "member_id"
 EVENT_TIMESTAMP = "event_timestamp"
+REALTIME_VIEW = "member_realtime"  # fed by the service's pushes: its newest values live online only
 
 # the feature service the decision service reads for one member
 ONLINE_FEATURE_SERVICE = "member_online_v1"

@@ -38,13 +38,14 @@ def dataset_cutoff(meta: dict, settings: Settings) -> pd.Timestamp:
     return pd.Timestamp(meta["end"]) - pd.Timedelta(days=settings.label_window_days)
 
 
-def load_curated(settings: Settings, table: str) -> pd.DataFrame:
+def load_curated(settings: Settings, table: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A curated table (``columns``: only those, read column by column from parquet)."""
     if table not in CONTRACTS:
         raise ValueError(f"unknown table {table!r}")
     path = settings.curated_dir / f"{table}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run `loyalty-ml data validate` first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, columns=columns)
 
 
 def order_totals(transactions: pd.DataFrame) -> pd.DataFrame:

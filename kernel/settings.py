@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # requests one worker handles at once (BentoML runs sync APIs on this many threads; its
     # default of 1 queues every request behind a slow store read)
     serving_threads: int = 8
+    # requests one worker admits at once, running or waiting for a thread; beyond it the worker
+    # answers 503 with Retry-After at once rather than queueing until reads time out
+    serving_queue_limit: int = Field(32, ge=1)
+    max_body_bytes: int = Field(2_000_000, ge=1024)  # larger request bodies get 413
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_secrets(self) -> Settings:

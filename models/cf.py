@@ -7,6 +7,7 @@ scoring of their basket); members with nothing to fold in get their segment's po
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -15,7 +16,19 @@ import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 from implicit.bpr import BayesianPersonalizedRanking
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    # discovering the loaded BLAS libraries reads /proc/self/maps (milliseconds): once per process
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """implicit runs its own threads; BLAS threads underneath only slow it."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
 
 ALGORITHMS = ("als", "bpr", "item_item")
 
@@ -163,7 +176,7 @@ class CFRecommender(_Indexed):
     def fit(self, interactions: pd.DataFrame, items: list[str] | None = None, segments: pd.Series | None = None):
         """``interactions``: member_id, item_id, weight (see :func:`interaction_weights`)."""
         self.conf_ = self.confidence(self._index(interactions, items, segments))
-        with threadpool_limits(1, "blas"), warnings.catch_warnings():  # implicit threads; BLAS threads only slow it
+        with _one_blas_thread(), warnings.catch_warnings():  # implicit threads; BLAS threads only slow it
             # implicit's own bm25_weight hands its kNN a COO matrix and then warns about it
             warnings.filterwarnings("ignore", message="Method expects CSR input")
             self.model_ = self._model()
@@ -193,7 +206,7 @@ class CFRecommender(_Indexed):
         flt = None if allowed_items is None else np.nonzero(~np.asarray(allowed_items, dtype=bool))[0]
         known = np.nonzero(rows >= 0)[0]
         if len(known):
-            with threadpool_limits(1, "blas"):
+            with _one_blas_thread():
                 ids, sc = self.model_.recommend(
                     rows[known],
                     self.conf_[rows[known]],
@@ -214,7 +227,7 @@ class CFRecommender(_Indexed):
                 )
                 user.sum_duplicates()
                 extra = {"recalculate_user": True} if self.algorithm == "als" else {}
-                with threadpool_limits(1, "blas"):
+                with _one_blas_thread():
                     ids, sc = self.model_.recommend(
                         0, user, N=k, filter_already_liked_items=exclude_owned, filter_items=flt, **extra
                     )

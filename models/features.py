@@ -43,6 +43,43 @@ class FeatureMatrix:
                 out[c] = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
         return pd.DataFrame(out, index=df.index)
 
+    def to_numpy(self, df: pd.DataFrame) -> np.ndarray:
+        """The model matrix as float64: categorical levels as their codes, NaN where missing or
+        unseen. LightGBM maps a pandas categorical to the same codes, so a booster fitted on
+        :meth:`transform`'s frame predicts identically on this matrix, without pandas' cost."""
+        missing = [c for c in self.columns_ if c not in df.columns]
+        if missing:
+            raise ValueError(f"feature columns missing from input: {missing}")
+        return self.encode({c: df[c].to_numpy() for c in self.columns_}, len(df))
+
+    def encode(self, columns: dict, n: int) -> np.ndarray:
+        """Like :meth:`to_numpy` from ``{column: values or one scalar}`` (a scalar fills all ``n`` rows)."""
+        # column-major: each column is written contiguously (LightGBM reads this layout as is)
+        out = np.empty((n, len(self.columns_)), dtype=np.float64, order="F")
+        for j, c in enumerate(self.columns_):
+            values = columns.get(c)
+            if c in self.categorical_:
+                codes = self.codes(c)
+                if np.ndim(values) == 0:
+                    out[:, j] = codes.get(_level(values), np.nan)
+                elif len(values) > 64:  # batch scoring: one hashed lookup per column
+                    out[:, j] = _category_codes(values, self.categorical_[c])
+                else:
+                    out[:, j] = [codes.get(_level(v), np.nan) for v in values]
+            else:
+                out[:, j] = _numbers(values)
+        return out
+
+    def codes(self, column: str) -> dict[str, float]:
+        """Level -> code of a categorical column (cached; not pickled state)."""
+        cache = self.__dict__.setdefault("_codes_cache", {})
+        if column not in cache:
+            cache[column] = {level: float(i) for i, level in enumerate(self.categorical_[column])}
+        return cache[column]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_dtype_cache", "_codes_cache")}
+
     @property
     def _dtypes(self) -> dict:
         if "_dtype_cache" not in self.__dict__:  # not pickled state: rebuilt after loading
@@ -51,3 +88,39 @@ class FeatureMatrix:
 
     def fit_transform(self, df: pd.DataFrame) -> pd.DataFrame:
         return self.fit(df).transform(df)
+
+
+def _level(value) -> str | None:
+    """A categorical value as the string level it was fitted on; None when missing."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return None
+    return str(value)
+
+
+def _category_codes(values, levels: list[str]) -> np.ndarray:
+    """Codes of ``values`` among ``levels`` as floats, NaN where missing or unseen (as :func:`_level`)."""
+    arr = np.asarray(values, dtype=object)
+    missing = pd.isna(arr)
+    text = np.where(missing, None, arr.astype(str))
+    codes = pd.Categorical(text, categories=levels).codes.astype(np.float64)
+    codes[codes < 0] = np.nan
+    return codes
+
+
+def _numbers(values) -> np.ndarray | float:
+    if values is None:
+        return np.nan
+    if np.ndim(values) == 0:
+        try:
+            return float(values)
+        except (TypeError, ValueError):
+            return np.nan
+    if isinstance(values, list):  # plain rows: None is missing
+        try:
+            return np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.array(values, dtype=object)
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fiub":
+        return arr.astype(np.float64)
+    return pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(dtype=np.float64)

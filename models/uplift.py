@@ -58,6 +58,74 @@ def pair_features(members: pd.DataFrame, offers: pd.DataFrame, pairs: pd.DataFra
     return out
 
 
+class PairEncoder:
+    """Encodes one member x every offer of a catalogue straight into a model matrix: the offer
+    columns are encoded once, the member's features once per call. Equal to
+    ``features.to_numpy(pair_features(member, offers))`` without building a frame."""
+
+    def __init__(self, features: FeatureMatrix, offers: pd.DataFrame):
+        self.features = features
+        own = offers[OFFER_COLUMNS].rename(columns={"kind": "offer_kind", "category_l1": "offer_category"})
+        self.offer_columns = {c: own[c].to_numpy() for c in own.columns}
+        self.offer_category = own["offer_category"].astype("string").to_numpy(dtype=object, na_value=None)
+        self.n_offers = len(own)
+
+    def encode(self, member: dict) -> np.ndarray:
+        return self.features.encode(self.columns(member), self.n_offers)
+
+    def columns(self, member: dict) -> dict:
+        """The pair columns: the member's values (scalars), the offers' and the category match (arrays)."""
+        columns = dict(member)
+        columns.update(self.offer_columns)
+        share = np.zeros(self.n_offers)
+        rank = np.full(self.n_offers, 4.0)
+        for k in (3, 2, 1):  # rank 1 wins where a category appears twice, as in pair_features
+            top = member.get(f"top_category_{k}")
+            if top is None or (isinstance(top, float) and np.isnan(top)):
+                continue
+            hit = self.offer_category == str(top)
+            value = member.get(f"top_category_{k}_share")
+            value = 0.0 if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
+            share = np.where(hit, value, share)
+            rank = np.where(hit, float(k), rank)
+        columns["offer_category_share"], columns["offer_category_rank"] = share, rank
+        return columns
+
+    def encode_many(self, members: pd.DataFrame) -> np.ndarray:
+        """Every member x every offer (member-major, offers in catalogue order) as one model
+        matrix: the member columns encoded once per member and repeated, the offer columns
+        encoded once and tiled. Equal to ``features.to_numpy(pair_features(members, offers))``."""
+        n, k = len(members), self.n_offers
+        own = {c: members[c].to_numpy() for c in self.features.columns_ if c in members.columns}
+        M = np.repeat(self.features.encode(own, n), k, axis=0)
+        per_offer = self.features.encode(self.offer_columns, k)
+        pair_columns = {*self.offer_columns, "offer_category_share", "offer_category_rank"}
+        for j, c in enumerate(self.features.columns_):
+            if c in pair_columns:
+                M[:, j] = np.tile(per_offer[:, j], n)
+        share, rank = self.category_match(members)
+        for c, values in (("offer_category_share", share), ("offer_category_rank", rank)):
+            if c in self.features.columns_:
+                M[:, self.features.columns_.index(c)] = values.ravel()
+        return M
+
+    def category_match(self, members: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(members x offers) arrays: the member's spend share in each offer's category and the
+        category's rank among the member's top three (4 = not among them), as in pair_features."""
+        n, k = len(members), self.n_offers
+        share, rank = np.zeros((n, k)), np.full((n, k), 4.0)
+        offer_known = pd.notna(self.offer_category)
+        for top in (3, 2, 1):  # rank 1 wins where a category appears twice
+            if f"top_category_{top}" not in members.columns:
+                continue
+            cats = members[f"top_category_{top}"].astype("string").to_numpy(dtype=object, na_value=None)
+            hit = (cats[:, None] == self.offer_category[None, :]) & pd.notna(cats)[:, None] & offer_known[None, :]
+            values = pd.to_numeric(members[f"top_category_{top}_share"], errors="coerce").fillna(0).to_numpy()
+            share = np.where(hit, values[:, None], share)
+            rank = np.where(hit, float(top), rank)
+        return share, rank
+
+
 class UpliftModel:
     """P(convert | treated), P(convert | control), their difference, and P(redeem | treated).
 
@@ -99,19 +167,23 @@ class UpliftModel:
         return self
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
-        M = self.features_.transform(X)
-        # boosters directly, one thread: wrapper checks and OpenMP start-up cost more than a 12-row predict
-        p1 = self.treated_model_.booster_.predict(M, num_threads=1)
-        p0 = self.control_model_.booster_.predict(M, num_threads=1)
+        return pd.DataFrame(self.predict_matrix(self.features_.to_numpy(X)), index=X.index)
+
+    def predict_matrix(self, M: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`predict` on an encoded matrix (``features_.encode``/``to_numpy``): the hot path."""
+        threads = 1 if len(M) < 10_000 else 0  # OpenMP start-up costs more than a small predict
+        p1 = self.treated_model_.booster_.predict(M, num_threads=threads)
+        p0 = self.control_model_.booster_.predict(M, num_threads=threads)
         if self.learner == "x":
             g = self.treatment_share_  # randomised design: e(x) is the constant treatment share
-            uplift = g * self.tau0_.predict(M) + (1 - g) * self.tau1_.predict(M)
+            tau0 = self.tau0_.booster_.predict(M, num_threads=threads)
+            tau1 = self.tau1_.booster_.predict(M, num_threads=threads)
+            uplift = g * tau0 + (1 - g) * tau1
         else:
             uplift = p1 - p0
-        p_redeem = self.redeem_model_.booster_.predict(M, num_threads=1) if self.redeem_model_ is not None else p1
-        return pd.DataFrame(
-            {"p_convert_treated": p1, "p_convert_control": p0, "uplift": uplift, "p_redeem": p_redeem}, index=X.index
-        )
+        redeem = self.redeem_model_
+        p_redeem = redeem.booster_.predict(M, num_threads=threads) if redeem is not None else p1
+        return {"p_convert_treated": p1, "p_convert_control": p0, "uplift": uplift, "p_redeem": p_redeem}
 
 
 class PropensityModel:
@@ -129,6 +201,9 @@ class PropensityModel:
         return self
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
-        p = self.model_.predict_proba(self.features_.transform(X))[:, 1]
+        return pd.DataFrame(self.predict_matrix(self.features_.to_numpy(X)), index=X.index)
+
+    def predict_matrix(self, M: np.ndarray) -> dict[str, np.ndarray]:
+        p = self.model_.booster_.predict(M, num_threads=1 if len(M) < 10_000 else 0)
         # no control group: the effect is unidentified, so no uplift column is claimed
-        return pd.DataFrame({"p_redeem": p, "uplift": np.nan}, index=X.index)
+        return {"p_redeem": p, "uplift": np.full(len(M), np.nan)}

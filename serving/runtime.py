@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -13,12 +14,14 @@ import numpy as np
 import pandas as pd
 from prometheus_client import Counter
 
-from features.store import get_store, serving_features
+from features.on_demand import days_since_last_purchase
+from features.store import get_store, read_latest, service_views, serving_feature_refs, serving_rows
 from kernel import __version__
-from kernel.constants import CONTACT_CHANNELS, SERVED_JOBS
+from kernel.constants import CONTACT_CHANNELS, MEMBER_ID, ONLINE_FEATURE_SERVICE, REALTIME_VIEW, SERVED_JOBS
 from kernel.curated import exposures_with_responses, load_curated, read_meta
 from kernel.model_store import load_champions
 from kernel.settings import Settings
+from models.uplift import PairEncoder
 from serving import decisions
 from serving.schemas import (
     Benefit,
@@ -63,7 +66,7 @@ class DecisionRuntime:
             settings.serving_state_url, settings.pseudonym_key, table_prefix=settings.serving_state_prefix
         )
         self.store = get_store(settings, serving=True)
-        self.offers = load_curated(settings, "offers")
+        self.feature_refs: list[str] | None = None  # resolved once, at the first read (warm-up)
         self.item_category = load_curated(settings, "items").set_index("item_id")["category_l1"]
         meta = read_meta(settings)
         self.end = pd.Timestamp(meta["end"])
@@ -73,13 +76,15 @@ class DecisionRuntime:
         self.models: dict = {}
         self.model_versions: dict[str, str] = {}
         self.model_errors: dict[str, str] = {}
+        self.pair_encoder: PairEncoder | None = None
+        self.use_catalogue(load_curated(settings, "offers"))
         if load_models:
             self.load_models()
         # category of each CF item, aligned with the model's item index (business filters per request)
         self.cf_item_category = (
             self.item_category.reindex(self.models["cf"].items_).to_numpy() if "cf" in self.models else None
         )
-        self.default_ranking = self._default_ranking()
+        self.item_category_of = self.item_category.to_dict()
         self._warm_up()
 
     # ------------------------------------------------------------------ setup
@@ -87,12 +92,29 @@ class DecisionRuntime:
         """Load every served ``champion``; a missing one degrades its endpoint, never crashes the service."""
         champions = load_champions(self.settings, SERVED_JOBS)
         self.models, self.model_versions, self.model_errors = champions.models, champions.versions, champions.errors
+        uplift = self.models.get("uplift")
+        self.pair_encoder = PairEncoder(uplift.features_, self.offers) if uplift is not None else None
+
+    def use_catalogue(self, offers: pd.DataFrame) -> None:
+        """Serve this offer catalogue: its arrays are prepared once here, so that the request
+        path only compares and indexes."""
+        self.offers = offers
+        self.offer_rules = decisions.OfferRules.from_offers(offers)
+        self.offer_ids = self.offer_rules.offer_ids
+        self.offer_category = offers["category_l1"].to_numpy(dtype=object)
+        self.base_stock = offers["stock"].to_numpy(dtype=float)
+        self.offer_position = {o: i for i, o in enumerate(self.offer_ids)}
+        self.benefits = decisions.BenefitCatalogue.from_offers(offers)
+        self.default_ranking = self._default_ranking()  # the non-personalised order
+        self.default_positions = [self.offer_position[o] for o in self.default_ranking["offer_id"]]
+        uplift = self.models.get("uplift")
+        self.pair_encoder = PairEncoder(uplift.features_, offers) if uplift is not None else None
 
     def _warm_up(self) -> None:
         """First reads load the Feast registry and connections: do it before taking traffic."""
         for _ in range(3):
             try:
-                serving_features(self.store, ["__warm_up__"], self.now(None))
+                self._read(["__warm_up__"], self.now(None))
             except Exception as err:  # readiness reports it
                 log.warning("feature store warm-up failed: %s", type(err).__name__)
 
@@ -133,9 +155,13 @@ class DecisionRuntime:
         return {"ready": ready, "version": __version__, "components": components}
 
     # ------------------------------------------------------------------ features
-    def read_features(self, member_ids: list[str], ts: int) -> tuple[pd.DataFrame | None, bool]:
-        """Online features, or (None, True) if the store fails or is slower than the timeout."""
-        future = self.pool.submit(serving_features, self.store, member_ids, ts)
+    def _read(self, member_ids: list[str], ts: int) -> dict[str, dict]:
+        rows = serving_rows(self.store, member_ids, ts, self._refs())
+        return {m: row for m, row in zip(member_ids, rows, strict=True)}
+
+    def read_features(self, member_ids: list[str], ts: int) -> tuple[dict[str, dict] | None, bool]:
+        """Online features by member id, or (None, True) if the store fails or is slower than the timeout."""
+        future = self.pool.submit(self._read, member_ids, ts)
         try:
             return future.result(timeout=self.settings.feature_timeout_ms / 1000.0), False
         except FutureTimeout:
@@ -144,18 +170,16 @@ class DecisionRuntime:
             log.warning("online feature read failed: %s", type(err).__name__)
         return None, True
 
-    def _row(self, feats: pd.DataFrame | None, member_id: str, opted_out: bool) -> dict | None:
-        if feats is None:
-            return None
-        row = feats[feats["member_id"] == member_id]
-        if row.empty or pd.isna(row["tier"].iloc[0]):
+    def _row(self, feats: dict[str, dict] | None, member_id: str, opted_out: bool) -> dict | None:
+        row = (feats or {}).get(member_id)
+        if row is None or row.get("tier") is None:
             return None  # unknown to the feature store: cold start
-        out = row.iloc[0].to_dict()
+        out = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
         if opted_out:  # honoured at once, before the consent snapshot catches up
             out.update({f"consent_{c}": False for c in ("personalisation", *CONTACT_CHANNELS)})
-        if pd.notna(out.get("days_since_last_purchase")):
+        if out.get("days_since_last_purchase") is not None:
             out["recency_days"] = out["days_since_last_purchase"]  # fresher than the snapshot's
-        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in out.items()}
+        return out
 
     def member_state(self, member_id: str, ts: int) -> dict | None:
         """Opt-out, contacts this week and redeemed offers; None if the state store is down
@@ -173,13 +197,21 @@ class DecisionRuntime:
         }
 
     def stock_left(self) -> pd.Series:
-        return self._stock(self.state.redemptions_by_offer())
+        return pd.Series(self._stock(self.state.redemptions_by_offer()), index=self.offer_ids)
 
-    def _stock(self, redemptions_by_offer: dict[str, int]) -> pd.Series:
-        """Catalogue stock minus redemptions, per offer."""
-        used = pd.Series(redemptions_by_offer, dtype=float)
-        base = self.offers.set_index("offer_id")["stock"].astype(float)
-        return base - used.reindex(base.index).fillna(0)
+    def _stock(self, redemptions_by_offer: dict[str, int]) -> np.ndarray:
+        """Catalogue stock minus redemptions, in catalogue order."""
+        left = self.base_stock.copy()
+        for offer, used in redemptions_by_offer.items():
+            i = self.offer_position.get(offer)
+            if i is not None:
+                left[i] -= used
+        return left
+
+    def _removed_by(self, member: dict | None, now: pd.Timestamp, mstate: dict) -> list:
+        """Per catalogue offer, the eligibility rule that removes it for this member, or None."""
+        tier = (member or {}).get("tier")
+        return self.offer_rules.removed_by(tier, now, mstate["stock"], mstate["redeemed"])
 
     # ------------------------------------------------------------------ endpoints
     def next_best_offer(
@@ -230,51 +262,44 @@ class DecisionRuntime:
                 answer.trace.append(TraceStep(rule="contact_cap", removed="all", sent_this_week=sent, cap=cap))
                 answer.notes = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
                 return self._log(answer, context)
-        elig = decisions.eligibility(self.offers, (member or {}).get("tier"), now, mstate["stock"], mstate["redeemed"])
-        answer.trace += [TraceStep(**step) for step in decisions.trace(elig)]
-        eligible_ids = set(elig.loc[elig["eligible"], "offer_id"])
+        removed = self._removed_by(member, now, mstate)
+        answer.trace += [TraceStep(**step) for step in decisions.trace_removed(self.offer_ids, removed)]
+        eligible = np.array([r is None for r in removed])
         if category:
-            keep = set(self.offers.loc[self.offers["category_l1"] == category, "offer_id"])
-            answer.trace.append(TraceStep(rule="category_page", removed=sorted(eligible_ids - keep)))
-            eligible_ids &= keep
+            off_page = eligible & (self.offer_category != category)
+            answer.trace.append(TraceStep(rule="category_page", removed=sorted(self.offer_ids[off_page])))
+            eligible &= ~off_page
+        eligible_ids = set(self.offer_ids[eligible])
         personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in self.models
         if member is not None and not member.get("consent_personalisation"):
             notes.append("no consent for personalisation: non-personalised default")
         candidates: list[dict] = []
         if personalise:
-            scored = decisions.score_offers(
-                self.models["uplift"], pd.DataFrame([member]), self.offers, self.settings.margin_rate
-            )
-            scored = scored[scored["offer_id"].isin(eligible_ids)]
-            negative = scored[scored["expected_incremental_value"] <= 0]["offer_id"].tolist()
-            if negative:
-                answer.trace.append(TraceStep(rule="non_positive_expected_value", removed=sorted(negative)))
-            ranked = scored[scored["expected_incremental_value"] > 0].sort_values(
-                "expected_incremental_value", ascending=False, kind="stable"
-            )
-            chosen, propensity, explored = decisions.choose(
-                ranked, max_results, self.settings.exploration_rate, self.rng
+            # every offer of the catalogue in one matrix, one predict per booster; then arrays only
+            scored = decisions.score_member(self.models["uplift"], self.pair_encoder, member, self.settings.margin_rate)
+            value = scored["expected_incremental_value"]
+            negative = eligible & (value <= 0)
+            if negative.any():
+                answer.trace.append(
+                    TraceStep(rule="non_positive_expected_value", removed=sorted(self.offer_ids[negative]))
+                )
+            positive = np.flatnonzero(eligible & (value > 0))
+            ranked = positive[np.argsort(-value[positive], kind="stable")]
+            order, propensity, explored = decisions.choose_order(
+                len(ranked), max_results, self.settings.exploration_rate, self.rng
             )
             answer.personalised, answer.propensity, answer.explored = True, propensity, explored
             # the offers this policy could have shown (its support), with their scores, so that
             # re-ranking policies can be evaluated off-policy from the decision log
             candidates = [
-                {"offer_id": o, "value": round(float(v), 6), "p_redeem": round(float(p), 6)}
-                for o, v, p in zip(
-                    ranked["offer_id"], ranked["expected_incremental_value"], ranked["p_redeem"], strict=True
-                )
+                {
+                    "offer_id": self.offer_ids[i],
+                    "value": round(float(value[i]), 6),
+                    "p_redeem": round(float(scored["p_redeem"][i]), 6),
+                }
+                for i in ranked
             ]
-            answer.offers = [
-                OfferDecision(
-                    offer_id=r["offer_id"],
-                    score=round(float(r["expected_incremental_value"]), 4),
-                    expected_incremental_value=round(float(r["expected_incremental_value"]), 4),
-                    p_redeem=round(float(r["p_redeem"]), 4),
-                    uplift=None if pd.isna(r["uplift"]) else round(float(r["uplift"]), 4),
-                    reason_codes=decisions.reason_codes(r, member),
-                )
-                for _, r in chosen.iterrows()
-            ]
+            answer.offers = [self._offer_decision(scored, int(ranked[j]), member) for j in order]
         else:
             default = self.default_ranking[self.default_ranking["offer_id"].isin(eligible_ids)].head(max_results)
             answer.offers = [
@@ -286,6 +311,18 @@ class DecisionRuntime:
             answer.propensity = 1.0 if answer.offers else None
         answer.notes = notes
         return self._log(answer, context, candidates)
+
+    def _offer_decision(self, scored: dict, i: int, member: dict) -> OfferDecision:
+        row = {name: values[i] for name, values in scored.items()}
+        value = round(float(row["expected_incremental_value"]), 4)
+        return OfferDecision(
+            offer_id=row["offer_id"],
+            score=value,
+            expected_incremental_value=value,
+            p_redeem=round(float(row["p_redeem"]), 4),
+            uplift=None if np.isnan(row["uplift"]) else round(float(row["uplift"]), 4),
+            reason_codes=decisions.reason_codes(row, member),
+        )
 
     def churn_risk(self, member_ids: list[str], ts: int | None) -> list[ChurnRiskResponse]:
         ts = self.now(ts)
@@ -312,9 +349,9 @@ class DecisionRuntime:
             for i, m in enumerate(member_ids)
         ]
         if known and model is not None:
-            explained = model.explain(pd.DataFrame([rows[i] for i in known]))
+            explained = model.explain_records([rows[i] for i in known])
             for j, i in enumerate(known):
-                e = explained.iloc[j]
+                e = explained[j]
                 out[i].churn_probability = round(float(e["churn_probability"]), 4)
                 out[i].risk_band = e["risk_band"]
                 out[i].top_drivers = [Driver(**d) for d in e["top_drivers"]]
@@ -391,40 +428,40 @@ class DecisionRuntime:
             return answer
         member = self._row(feats, member_id, mstate["opted_out"])
         answer.cold_start = member is None and not degraded
-        elig = decisions.eligibility(
-            self.offers, (member or {}).get("tier"), pd.Timestamp(ts, unit="s"), mstate["stock"], mstate["redeemed"]
-        )
-        answer.trace = [TraceStep(**step) for step in decisions.trace(elig)]
+        removed = self._removed_by(member, pd.Timestamp(ts, unit="s"), mstate)
+        answer.trace = [TraceStep(**step) for step in decisions.trace_removed(self.offer_ids, removed)]
+        columns = self.benefits.columns
         if member is None or not member.get("consent_personalisation"):
-            default = self.default_ranking.merge(elig, on="offer_id")
-            default = default[default["eligible"]].head(max_results)
-            answer.benefits = [_benefit(r, 0.0, ["popular_benefit"]) for r in default.itertuples()]
+            default = [i for i in self.default_positions if removed[i] is None][:max_results]
+            answer.benefits = [
+                _benefit({c: v[i] for c, v in columns.items()}, 0.0, ["popular_benefit"]) for i in default
+            ]
             return answer
         affinity: dict[str, float] = {}
         if "cf" in self.models:
             rec = self.models["cf"].recommend([member_id], k=20, exclude_owned=False).iloc[0]
-            cats = self.item_category.reindex(rec["item_ids"])
-            affinity = (cats.value_counts(normalize=True)).to_dict()
-        ranked, unjustified = decisions.benefit_shortlist(
-            decisions.rank_benefits(self.offers, member, affinity, elig), max_results
-        )
+            cats = [c for c in (self.item_category_of.get(i) for i in rec["item_ids"]) if c is not None]
+            affinity = {c: n / len(cats) for c, n in Tally(cats).items()}  # shares of the known categories
+        shown, unjustified = decisions.shortlist(self.benefits.rank(member, affinity, removed), max_results)
         if unjustified:
             answer.trace.append(TraceStep(rule="no_reason_to_show", removed=unjustified))
         answer.personalised = True
-        answer.benefits = [_benefit(r, r.score, r.reasons) for r in ranked.itertuples()]
+        answer.benefits = [_benefit(r, r["score"], r["reasons"]) for r in shown]
         return answer
 
-    def score_batch(self, member_ids: list[str], ts: int | None, chunk: int = 2000) -> tuple[pd.DataFrame, dict]:
+    def score_batch(self, member_ids: list[str], ts: int | None, chunk: int = 50_000) -> tuple[pd.DataFrame, dict]:
         """Eligible (member, offer) pairs with expected value, for campaign lists and budget allocation.
 
-        Same rules as :meth:`next_best_offer`: consent for personalisation, tier, validity,
-        stock and already-redeemed offers; members left out are counted by reason.
+        Same rules and values as :meth:`next_best_offer`: consent for personalisation, tier,
+        validity, stock and already-redeemed offers; members left out are counted by reason.
+        Features are read in bulk (:meth:`_batch_read`) and every pair of a chunk is scored by
+        one predict per booster (:func:`serving.decisions.score_pairs`).
         """
         if "uplift" not in self.models:
             raise RuntimeError(f"no uplift/propensity champion: {self.model_errors.get('uplift')}")
         ts = self.now(ts)
         now = pd.Timestamp(ts, unit="s")
-        stock = self.stock_left()
+        stock = self._stock(self.state.redemptions_by_offer())
         skipped = {"unknown_member": 0, "no_personalisation_consent": 0, "feature_store_unavailable": 0}
         parts = []
         for lo in range(0, len(member_ids), chunk):
@@ -438,31 +475,57 @@ class DecisionRuntime:
             opted_out = known["member_id"].isin(self.state.opted_out_many(known["member_id"].tolist()))
             consent = known["consent_personalisation"].fillna(False).astype(bool) & ~opted_out
             skipped["no_personalisation_consent"] += int((~consent).sum())
-            known = known[consent.to_numpy()]
+            known = known[consent.to_numpy()].reset_index(drop=True)
             if known.empty:
                 continue
-            if "days_since_last_purchase" in known:
-                known = known.assign(recency_days=known["days_since_last_purchase"].fillna(known["recency_days"]))
-            scored = decisions.score_offers(self.models["uplift"], known, self.offers, self.settings.margin_rate)
-            tiers = known.set_index("member_id")["tier"]
-            allowed = {
-                t: set(decisions.eligibility(self.offers, t, now, stock, set()).query("eligible")["offer_id"])
-                for t in tiers.unique()
-            }
-            ok = [o in allowed[tiers[m]] for m, o in zip(scored["member_id"], scored["offer_id"], strict=True)]
-            parts.append(scored[ok])
+            known["recency_days"] = known["days_since_last_purchase"].fillna(known["recency_days"])
+            scored = decisions.score_pairs(self.models["uplift"], self.pair_encoder, known, self.settings.margin_rate)
+            # eligibility by tier (what differs between members before their own redemptions)
+            tiers, codes = np.unique(known["tier"].astype(str).to_numpy(), return_inverse=True)
+            allowed = np.array([[r is None for r in self.offer_rules.removed_by(t, now, stock, set())] for t in tiers])
+            parts.append(scored[allowed[codes].ravel()])
         pairs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["member_id", "offer_id"])
-        if len(pairs):  # already-redeemed offers, per member (state lookups only for members with any)
-            redeemed = {m: self.state.redeemed_offers(m) for m in pairs["member_id"].unique()}
-            pairs = pairs[[o not in redeemed[m] for m, o in zip(pairs["member_id"], pairs["offer_id"], strict=True)]]
+        if len(pairs):  # already-redeemed offers: one bulk state query
+            redeemed = self.state.redeemed_pairs(pairs["member_id"].unique().tolist())
+            if redeemed:
+                keep = [(m, o) not in redeemed for m, o in zip(pairs["member_id"], pairs["offer_id"], strict=True)]
+                pairs = pairs[keep]
         return pairs.reset_index(drop=True), skipped
 
     def _batch_read(self, ids: list[str], ts: int) -> pd.DataFrame | None:
-        try:  # batch jobs wait for the store instead of degrading
-            return serving_features(self.store, ids, ts)
+        """The service's features for many members, in bulk: the latest materialised snapshot
+        (what the online store was loaded with) from the offline tables, and, for the members
+        the service has received events about since, the pushed real-time view from the online
+        store (only pushes change it there). Batch jobs wait for the stores instead of
+        degrading; a failure skips the chunk (counted)."""
+        try:
+            as_of = min(pd.Timestamp(ts, unit="s"), self.end)
+            frame = read_latest(
+                self.settings.offline_dir, service_views(self.store, ONLINE_FEATURE_SERVICE), as_of, ids
+            )
+            pushed = self.state.members_with_events(ids)
+            if pushed:
+                rows = np.flatnonzero(frame[MEMBER_ID].isin(pushed).to_numpy())
+                live = self.store.get_online_features(
+                    features=[r for r in self._refs() if r.startswith(REALTIME_VIEW + ":")],
+                    entity_rows=[{MEMBER_ID: m} for m in frame[MEMBER_ID].to_numpy()[rows]],
+                ).to_dict()
+                for col, values in live.items():
+                    if col != MEMBER_ID:
+                        column = frame[col].astype(object)
+                        column.iloc[rows] = values
+                        frame[col] = column
         except Exception as err:
             log.warning("batch feature read failed: %s", type(err).__name__)
             return None
+        frame["request_ts"] = int(ts)
+        frame["days_since_last_purchase"] = days_since_last_purchase(frame).to_numpy()
+        return frame
+
+    def _refs(self) -> list[str]:
+        if self.feature_refs is None:
+            self.feature_refs = serving_feature_refs(self.store)
+        return self.feature_refs
 
     def feedback(self, events: list[dict]) -> FeedbackAck:
         """Store events durably; push the new ones (never repeats or conflicts) to the real-time features."""
@@ -559,14 +622,14 @@ class DecisionRuntime:
         return answer
 
 
-def _benefit(r, score: float, reasons: list[str]) -> Benefit:
+def _benefit(r: dict, score: float, reasons: list[str]) -> Benefit:
     return Benefit(
-        offer_id=r.offer_id,
-        kind=r.kind,
-        scene_dimension=r.scene_dimension,
-        value_dimension=r.value_dimension,
-        category=r.category_l1,
-        cost=float(r.cost),
+        offer_id=r["offer_id"],
+        kind=r["kind"],
+        scene_dimension=r["scene_dimension"],
+        value_dimension=r["value_dimension"],
+        category=r["category_l1"],
+        cost=float(r["cost"]),
         score=round(float(score), 4),
         reasons=list(reasons),
     )

@@ -5,6 +5,7 @@ bentoml serve serving.service:LoyaltyDecisionService      # OpenAPI / Swagger UI
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -19,6 +20,7 @@ from pydantic import Field, ValidationError
 from kernel import __version__
 from kernel.settings import Settings, settings_error
 from serving.launch import SERVICE_NAME
+from serving.limits import RequestLimits
 from serving.runtime import DecisionRuntime
 from serving.schemas import (
     BenefitsResponse,
@@ -41,6 +43,8 @@ from serving.state import StateUnavailable
 OPEN_PATHS = ("/healthz", "/livez", "/readyz")  # health needs no key (load balancers, k8s probes)
 HEALTH_PATHS = ("/healthz", "/readyz")  # answered here as JSON, one entry per component
 DOC_PATHS = ("/", "/docs.json", "/static_content")
+MAX_BATCH_DECISIONS = 100  # next-best-offer decisions per batch call (each one is logged)
+MAX_BATCH_MEMBERS = 500  # churn scores per batch call
 
 
 def _error_object(body: bytes) -> bytes:
@@ -51,7 +55,19 @@ def _error_object(body: bytes) -> bytes:
         return json.dumps({"error": body.decode(errors="replace")}).encode()
     if isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], dict):
         doc = doc[0]
+    detail = doc.get("detail") if isinstance(doc, dict) else None
+    if isinstance(detail, list) and detail and all(isinstance(e, dict) for e in detail):
+        # pydantic's headline ("1 validation error for Input") names no field: lead with the fields
+        doc["error"] = "; ".join(f"{_field(e.get('loc'))}: {e.get('msg', 'invalid')}" for e in detail)
     return json.dumps(doc).encode()
+
+
+def _field(loc) -> str:
+    """``["events", 1, "ts"]`` -> ``events[1].ts``, the way the service's own messages name fields."""
+    out = ""
+    for part in loc or ():
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
 
 
 class UserErrorLogs(logging.Filter):
@@ -149,7 +165,9 @@ class ApiKeyMiddleware:
 
 # Workers and threads per worker come from the settings through BentoML's own configuration
 # (``serving.launch.service_env``), so that nothing is read at import.
-@bentoml.service(name=SERVICE_NAME, traffic={"timeout": 30, "max_concurrency": 256})
+# Admission is bounded by ``serving.limits.RequestLimits`` (503 + Retry-After, per worker), not by
+# BentoML's max_concurrency, whose 429 carries no Retry-After.
+@bentoml.service(name=SERVICE_NAME, traffic={"timeout": 30})
 class LoyaltyDecisionService:
     """Next-best-offer, personalised benefits, churn risk and recommendations for loyalty members."""
 
@@ -168,6 +186,11 @@ class LoyaltyDecisionService:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorLogs())
         self.runtime = DecisionRuntime(Settings())
         ApiKeyMiddleware.report = self.runtime.ready
+        # Everything loaded so far (models, Feast registry, catalogue) lives as long as the
+        # worker: out of the collector's sight, a full collection takes ~0 ms instead of ~200 ms
+        # (which showed as the p99 of an open-loop load test).
+        gc.collect()
+        gc.freeze()
 
     def _check_ts(self, ts: int | None, field: str = "ts") -> None:
         """422 naming the field for a time before the programme's first data or over a day ahead."""
@@ -201,7 +224,7 @@ class LoyaltyDecisionService:
     @bentoml.api
     def next_best_offer_batch(
         self,
-        member_ids: list[MemberIdItem] = Field(min_length=1, max_length=100),
+        member_ids: list[MemberIdItem] = Field(min_length=1, max_length=MAX_BATCH_DECISIONS),
         channel: Channel = "app",
         ts: UnixTime | None = Timestamp,
         max_results: json_int(1, 20) = 1,
@@ -227,10 +250,16 @@ class LoyaltyDecisionService:
         self._check_ts(ts)
         return self.runtime.churn_risk([member_id], ts)[0]
 
-    @bentoml.api(batchable=True, max_batch_size=512, max_latency_ms=50)
-    def churn_risk_batch(self, member_ids: list[MemberIdItem]) -> list[ChurnRiskResponse]:
-        """Many members at once; concurrent calls are merged by BentoML's adaptive batching."""
-        return self.runtime.churn_risk([str(m) for m in member_ids], None)
+    @bentoml.api
+    def churn_risk_batch(
+        self,
+        member_ids: list[MemberIdItem] = Field(min_length=1, max_length=MAX_BATCH_MEMBERS),
+        ts: UnixTime | None = Timestamp,
+    ) -> list[ChurnRiskResponse]:
+        """Up to 500 members in one call, read and scored together (``loyalty-ml score-churn`` for a
+        whole programme)."""
+        self._check_ts(ts)
+        return self.runtime.churn_risk([str(m) for m in member_ids], ts)
 
     @bentoml.api
     def recommendations(
@@ -260,4 +289,5 @@ class LoyaltyDecisionService:
             raise ServiceUnavailable(f"{err}; nothing stored, retry with the same event ids") from err
 
 
+LoyaltyDecisionService.add_asgi_middleware(RequestLimits)  # outermost: sheds before any other work
 LoyaltyDecisionService.add_asgi_middleware(ApiKeyMiddleware)

@@ -9,6 +9,7 @@ stored as keyed hashes. A store that cannot be reached raises :class:`StateUnava
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -134,6 +135,8 @@ class ServingState:
             url.parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{url}"
         self.key, self.url = key, url
+        # batch jobs ask about the same members several times; an HMAC each time adds up
+        self._key_of = functools.lru_cache(maxsize=1 << 18)(functools.partial(pseudonymise, key=key))
         self._md, self.decisions, self.feedback_table, self.redemptions = _tables(table_prefix)
         self._db = _engine(url)
         self._dialect = postgresql if self._db.dialect.name == "postgresql" else sqlite
@@ -149,7 +152,7 @@ class ServingState:
 
     # ------------------------------------------------------------------ helpers
     def member_key(self, member_id: str) -> str:
-        return pseudonymise(member_id, self.key)
+        return self._key_of(member_id)
 
     def _backfill_redemption_counters(self) -> None:
         """Counters for a database written before they existed (empty counters, some redemptions).
@@ -313,6 +316,31 @@ class ServingState:
             .where(f.c.member_key == self.member_key(member_id), f.c.event == "redemption")
         )
         return {r[0] for r in self._all(stmt) if r[0]}
+
+    def members_with_events(self, member_ids: list[str]) -> set[str]:
+        """Those of ``member_ids`` with any stored feedback event (the members whose real-time
+        features the service has pushed)."""
+        keys = {self.member_key(m): m for m in member_ids}
+        f = self.feedback_table
+        chunk, out = list(keys), set()
+        for lo in range(0, len(chunk), 1000):
+            stmt = sa.select(f.c.member_key).distinct().where(f.c.member_key.in_(chunk[lo : lo + 1000]))
+            out |= {keys[k] for (k,) in self._all(stmt)}
+        return out
+
+    def redeemed_pairs(self, member_ids: list[str]) -> set[tuple[str, str]]:
+        """(member, offer) of every redemption of these members: :meth:`redeemed_offers` in bulk."""
+        keys = {self.member_key(m): m for m in member_ids}
+        f = self.feedback_table
+        chunk, out = list(keys), set()
+        for lo in range(0, len(chunk), 1000):
+            stmt = (
+                sa.select(f.c.member_key, f.c.offer_id)
+                .distinct()
+                .where(f.c.member_key.in_(chunk[lo : lo + 1000]), f.c.event == "redemption")
+            )
+            out |= {(keys[k], o) for k, o in self._all(stmt) if o}
+        return out
 
     def redemptions_by_offer(self) -> dict[str, int]:
         return {o: int(n) for o, n in self._all(sa.select(self.redemptions.c.offer_id, self.redemptions.c.redeemed))}

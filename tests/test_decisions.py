@@ -115,3 +115,127 @@ def test_benefits_rank_by_affinity_and_fit_and_say_why():
     top = ranked[ranked["eligible"]].iloc[0]
     assert top["offer_id"] == "B"  # home (CF and own spend) and an emotional benefit for a Gold member
     assert {"recommended_category", "shops_this_category", "prefers_emotional_benefits"} <= set(top["reasons"])
+
+
+def _pairs_world(seed: int = 5, n: int = 600):
+    """Random members x offers with categorical, missing and unseen values, and a fitted uplift model."""
+    from models.uplift import UpliftModel, pair_features
+
+    rng = np.random.default_rng(seed)
+    cats = ["food", "home", "beauty", "toys"]
+    members = pd.DataFrame(
+        {
+            "member_id": [f"M{i}" for i in range(n)],
+            "tier": rng.choice(["Regular", "Gold"], n),
+            "lifecycle_stage": rng.choice(["new", "growth", "mature", None], n),
+            "top_category_1": rng.choice(cats, n),
+            "top_category_1_share": rng.random(n),
+            "top_category_2": rng.choice([*cats, None], n),
+            "top_category_2_share": np.where(rng.random(n) < 0.2, np.nan, rng.random(n)),
+            "aov_365d": np.where(rng.random(n) < 0.1, 0.0, rng.gamma(2.0, 10.0, n)),
+            "frequency_90d": rng.poisson(3, n).astype(float),
+        }
+    )
+    offers = _offers().assign(margin_impact=[-0.05, 0.0, -0.1, 0.0, -0.02])
+    pairs = pair_features(
+        members.sample(n, random_state=seed, replace=True), offers.sample(n, replace=True, random_state=1)
+    )
+    treatment = rng.random(len(pairs)) < 0.7
+    y = rng.random(len(pairs)) < 0.1 + 0.1 * treatment * (pairs["offer_category_share"].to_numpy() > 0.3)
+    model = UpliftModel(params={"n_estimators": 20, "min_child_samples": 5}).fit(pairs, treatment, y, y & treatment)
+    return members, offers, model
+
+
+def test_the_hot_path_scores_every_offer_exactly_as_the_frame_path():
+    from models.uplift import PairEncoder
+
+    members, offers, model = _pairs_world()
+    encoder = PairEncoder(model.features_, offers)
+    for i in (0, 3, 17, 42):
+        member = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in members.iloc[i].items()}
+        frame = decisions.score_offers(model, pd.DataFrame([members.iloc[i]]), offers, 0.3)
+        arrays = decisions.score_member(model, encoder, member, 0.3)
+        assert list(arrays["offer_id"]) == frame["offer_id"].tolist()
+        for col in ("p_redeem", "uplift", "expected_cost", "expected_incremental_value", "offer_category_share"):
+            np.testing.assert_allclose(arrays[col], frame[col].to_numpy(), rtol=1e-12, err_msg=col)
+    # an unseen level and a missing value encode as NaN, as pandas' categorical does for LightGBM
+    odd = {**member, "lifecycle_stage": "never-seen", "top_category_1": None}
+    frame = decisions.score_offers(model, pd.DataFrame([odd]), offers, 0.3)
+    np.testing.assert_allclose(
+        decisions.score_member(model, encoder, odd, 0.3)["expected_incremental_value"],
+        frame["expected_incremental_value"].to_numpy(),
+        rtol=1e-12,
+    )
+
+
+def test_the_numpy_matrix_predicts_what_the_categorical_frame_predicts():
+    from models.uplift import pair_features
+
+    members, offers, model = _pairs_world(seed=9)
+    X = pair_features(members.head(50), offers)
+    booster = model.treated_model_.booster_
+    np.testing.assert_array_equal(
+        booster.predict(model.features_.transform(X)), booster.predict(model.features_.to_numpy(X))
+    )
+
+
+def test_choose_order_draws_like_choose():
+    ranked = pd.DataFrame({"offer_id": list("ABCDE")})
+    for seed in range(20):
+        a = decisions.choose(ranked, 3, 0.5, np.random.default_rng(seed))
+        order, propensity, explored = decisions.choose_order(5, 3, 0.5, np.random.default_rng(seed))
+        assert a[0]["offer_id"].tolist() == [ranked["offer_id"][i] for i in order]
+        assert (a[1], a[2]) == (propensity, explored)
+
+
+def test_batch_and_row_category_encodings_agree():
+    """Long columns take the vectorised path; it must give the per-value path's codes, with
+    missing and unseen levels as NaN."""
+    from models.features import FeatureMatrix
+
+    fitted = pd.DataFrame({"region": ["north", "south", "east"], "spend": [1.0, 2.0, 3.0]})
+    fm = FeatureMatrix().fit(fitted)
+    values = ["south", None, "west", np.nan, "north", "east"] * 20
+    X = pd.DataFrame({"region": values, "spend": np.arange(120.0)})
+    batch = fm.to_numpy(X)
+    rows = np.vstack([fm.to_numpy(X.iloc[i : i + 6]) for i in range(0, 120, 6)])
+    np.testing.assert_array_equal(batch, rows)
+    assert batch[:6, 0].tolist()[::4] == [2.0, 1.0] and np.isnan(batch[1:4, 0]).all()
+
+
+def test_batch_scoring_on_arrays_equals_the_frame_path():
+    """score_pairs (batch: one matrix for every member x offer) gives score_offers' rows and values,
+    unseen levels and missing categories included."""
+    from models.uplift import PairEncoder, pair_features
+
+    members, offers, model = _pairs_world(seed=11)
+    members.loc[members.index[:7], "lifecycle_stage"] = "never-seen"
+    members.loc[members.index[7:12], ["top_category_1", "top_category_1_share"]] = [None, np.nan]
+    encoder = PairEncoder(model.features_, offers)
+    np.testing.assert_array_equal(
+        encoder.encode_many(members), model.features_.to_numpy(pair_features(members, offers))
+    )
+    frame = decisions.score_offers(model, members, offers, 0.3)
+    arrays = decisions.score_pairs(model, encoder, members, 0.3)
+    assert arrays["member_id"].tolist() == frame["member_id"].tolist()
+    assert arrays["offer_id"].tolist() == frame["offer_id"].tolist()
+    for col in ("p_redeem", "uplift", "expected_cost", "expected_incremental_value", "offer_category_share"):
+        np.testing.assert_allclose(arrays[col], frame[col].to_numpy(), rtol=1e-12, err_msg=col)
+    assert (arrays["basis"] == frame["basis"]).all()
+
+
+def test_churn_bands_and_the_warning_ladder():
+    from models.churn import risk_band, suggested_action
+
+    p = np.array([0.0, 0.2499, 0.25, 0.5, 0.7499, 0.75, 1.0, np.nan])
+    assert risk_band(p).tolist() == ["low", "low", "medium", "high", "high", "critical", "critical", "low"]
+    band = np.array(["low", "medium", "high", "critical", "low", "unknown"])
+    actions = suggested_action(band, np.array([5, 5, 5, 5, 90, np.nan]))
+    assert [a.split(":")[0] for a in actions] == [
+        "none",
+        "care_task",
+        "churn_warning_level_1",
+        "churn_warning_level_2",
+        "churn_warning_level_3",  # three months without a purchase: downgrade review, whatever the band
+        "none",
+    ]

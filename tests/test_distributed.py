@@ -73,3 +73,43 @@ def test_score_churn_cli_writes_every_member_and_rejects_a_bad_engine(settings, 
     assert {"churn_probability", "risk_band", "top_driver", "suggested_action"} <= set(scores.columns)
     bad = CliRunner().invoke(app, cli_args(settings, "score-churn", "--engine", "spark", "--out", str(out)))
     assert bad.exit_code == 2 and "engine must be 'local' or 'dask'" in bad.output
+
+
+def test_bulk_latest_snapshot_read_equals_feasts_point_in_time_join(settings, trained):
+    """Batch scoring's bulk read returns exactly what Feast's point-in-time join returns for the
+    same members at one time, at the dataset's end and at an earlier snapshot."""
+    from features.store import latest_features
+    from training.datasets import context, with_features
+
+    ctx = context(settings)
+    for as_of in (pd.Timestamp(ctx.end), pd.Timestamp(ctx.cutoff) - pd.Timedelta(days=3)):
+        as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of
+        bulk = latest_features(settings, ctx.store, "churn_v1", as_of).sort_values("member_id")
+        ids = bulk["member_id"].sample(300, random_state=1).sort_values()
+        feast = with_features(ctx, pd.DataFrame({"member_id": ids, "event_timestamp": as_of}), "churn_v1")
+        feast = feast.drop(columns="event_timestamp").sort_values("member_id").reset_index(drop=True)
+        mine = bulk[bulk["member_id"].isin(ids)].reset_index(drop=True)[feast.columns]
+        assert len(mine) == 300
+        pd.testing.assert_frame_equal(mine, feast, check_dtype=False)
+
+
+def test_churn_list_equals_the_explained_answer(trained, settings):
+    """The batch list's arrays give the service's probability, band, action and top driver."""
+    from features.store import latest_features
+    from kernel.constants import CHAMPION
+    from kernel.model_store import load_estimator
+    from training.datasets import context
+    from training.tracking import configure
+
+    ctx = context(settings)
+    frame = latest_features(settings, ctx.store, "churn_v1", pd.Timestamp(ctx.end).tz_localize("UTC")).head(500)
+    configure(settings)
+    model = load_estimator(settings.model_name("churn"), CHAMPION)
+    listed = model.churn_list(frame, drivers=True)
+    explained = model.explain(frame, top=1)
+    np.testing.assert_allclose(listed["churn_probability"], explained["churn_probability"].astype(float))
+    assert (listed["risk_band"] == explained["risk_band"]).all()
+    assert (listed["suggested_action"] == explained["suggested_action"]).all()
+    top = [d[0]["feature"] if d else None for d in explained["top_drivers"]]
+    assert listed["top_driver"].tolist() == top
+    assert "top_driver" not in model.churn_list(frame).columns

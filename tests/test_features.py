@@ -79,3 +79,15 @@ def test_segment_rules():
     assert list(health_quadrant([3, 3, 0, 0], [2, 0, 2, 0])) == ["active", "low-active", "churn-risk", "silent"]
     stages = lifecycle_stage([30, 200, 200, 800], [5, 5, 90, 5], [100, 100, 100, 100], [50, 50, 50, 50])
     assert list(stages) == ["new", "growth", "decline", "mature"]
+
+
+@pytest.mark.unit
+def test_the_services_recency_rule_is_the_on_demand_views():
+    from features.on_demand import days_since_last_purchase, days_since_last_purchase_one
+
+    batch = [1_700_000_000, None, 0, 1_700_100_000, np.nan, 1_699_000_000]
+    live = [None, 1_700_050_000, 0, 1_700_000_000, None, 1_699_500_000]
+    frame = pd.DataFrame({"last_purchase_ts": batch, "rt_last_purchase_ts": live, "request_ts": 1_700_200_000})
+    expected = days_since_last_purchase(frame).tolist()
+    assert [days_since_last_purchase_one(b, r, 1_700_200_000) for b, r in zip(batch, live, strict=True)] == expected
+    assert expected[2] == expected[4] == 9999.0  # never purchased: the sentinel

@@ -143,9 +143,10 @@ def runtime(settings, trained, pipeline, tmp_path_factory):
     rt = DecisionRuntime(
         settings.model_copy(update={"contact_caps_per_week": CAPS, "feature_timeout_ms": 5000}), state=state
     )
-    rt.offers = rt.offers.assign(stock=np.minimum(rt.offers["stock"], 3))
-    rt.default_ranking = rt._default_ranking()
-    feats = rt.read_features(_members(settings, 300), rt.now(None))[0]
+    rt.use_catalogue(rt.offers.assign(stock=np.minimum(rt.offers["stock"], 3)))
+    rows, degraded = rt.read_features(_members(settings, 300), rt.now(None))
+    assert not degraded
+    feats = pd.DataFrame(list(rows.values()))
     feats = feats[feats["tier"].notna()].set_index("member_id")
     # a few members, mostly reachable on every channel, so that caps and stock are actually hit;
     # plus some without consent, so that the consent rules are exercised too

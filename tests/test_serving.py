@@ -123,7 +123,10 @@ def test_health_is_open_everything_else_needs_a_key(service):
 def test_malformed_input_is_422_with_a_message(service, path, body):
     res = service.post(path, body)
     assert res.status_code == 422, res.text
-    assert "validation error" in res.json()["error"] and res.json()["detail"]
+    doc = res.json()
+    assert doc["detail"]
+    named = {str(e["loc"][0]) for e in doc["detail"] if e.get("loc")} or {"body"}
+    assert any(doc["error"].startswith(f) or f"; {f}" in doc["error"] for f in named), doc["error"]
 
 
 def test_nbo_is_personalised_ranked_eligible_and_logged(service, settings, members):
@@ -306,19 +309,70 @@ def test_feedback_survives_a_restart_and_is_idempotent(settings, trained, tmp_pa
 
 
 def test_slow_feature_store_degrades_instead_of_failing(settings, trained, tmp_path):
-    svc = Service(settings, tmp_path / "slow.log", LOYALTY_FEATURE_TIMEOUT_MS="0.001").start(ready_path="/livez")
+    """A real stall: another process holds an exclusive lock on the SQLite online store, so reads
+    wait on it. Answers are flagged degraded (never a 500) and the service recovers once it is freed."""
+    svc = Service(settings, tmp_path / "slow.log", LOYALTY_FEATURE_TIMEOUT_MS="500").start()
+    lock = sqlite3.connect(settings.online_store_path, isolation_level=None)
     try:
+        lock.execute("BEGIN EXCLUSIVE")
         assert httpx.get(svc.url + "/readyz").status_code == 503  # not ready: the store does not answer in time
         nbo = svc.post("/next_best_offer", {"member_id": "M0000001"})
         assert nbo.status_code == 200 and nbo.json()["degraded"] and not nbo.json()["personalised"]
         assert nbo.json()["offers"]
         churn = svc.post("/churn_risk", {"member_id": "M0000001"})
         assert churn.status_code == 200 and churn.json()["degraded"]
+        lock.execute("ROLLBACK")
+        deadline = time.monotonic() + 30
+        while httpx.get(svc.url + "/readyz").status_code != 200:  # blocked reads give up within SQLite's 5 s
+            assert time.monotonic() < deadline, "the service did not recover after the store came back"
+            time.sleep(0.5)
+        nbo = svc.post("/next_best_offer", {"member_id": "M0000001"})
+        assert nbo.status_code == 200 and not nbo.json()["degraded"]
     finally:
+        lock.close()
         svc.stop()
 
 
 @pytest.mark.unit
+def test_oversized_bodies_are_413_and_every_batch_has_a_maximum(service, members):
+    big = [{"event_id": f"big-{i}", "member_id": "M0000001", "event": "click", "ts": EVENT_TS} for i in range(4999)]
+    over = service.post("/feedback", {"events": big, "padding": "x" * 2_000_000})
+    assert over.status_code == 413 and "LOYALTY_MAX_BODY_BYTES" in over.json()["error"]
+    ids = members["member_id"].head(1).tolist()
+    for path, n, maximum in (("/churn_risk_batch", 501, 500), ("/next_best_offer_batch", 101, 100)):
+        res = service.post(path, {"member_ids": ids * n})
+        assert res.status_code == 422 and "member_ids" in res.json()["error"], (path, res.text)
+        assert service.post(path, {"member_ids": ids * maximum}).status_code == 200
+    assert service.post("/next_best_offer", {"member_id": ids[0]}).status_code == 200  # still serving
+
+
+def test_overload_is_shed_with_503_and_retry_after_never_a_500_or_a_degraded_answer(
+    settings, trained, tmp_path, members
+):
+    import asyncio
+
+    env = {"LOYALTY_SERVING_THREADS": "1", "LOYALTY_SERVING_QUEUE_LIMIT": "2"}
+    svc = Service(settings, tmp_path / "overload.log", **env).start()
+    ids = members["member_id"].head(60).tolist()
+
+    async def flood():
+        async with httpx.AsyncClient(base_url=svc.url, headers={"X-API-Key": KEY}, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/next_best_offer", json={"member_id": m}) for m in ids))
+
+    try:
+        answers = asyncio.run(flood())
+        after = svc.post("/next_best_offer", {"member_id": ids[0]})
+    finally:
+        svc.stop()
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    shed = [a for a in answers if a.status_code == 503]
+    assert shed and all(a.headers["retry-after"] == "1" and "overloaded" in a.json()["error"] for a in shed)
+    served = [a.json() for a in answers if a.status_code == 200]
+    assert served and not any(a["degraded"] for a in served)  # admitted requests are answered in full
+    assert after.status_code == 200 and not after.json()["degraded"]  # capacity comes back
+
+
 def test_budget_allocation_respects_budget_stock_and_one_offer_per_member():
     rng = np.random.default_rng(0)
     scored = pd.DataFrame(

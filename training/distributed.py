@@ -20,11 +20,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
+from features.store import latest_features
 from kernel.constants import CHAMPION
 from kernel.curated import load_curated
 from kernel.model_store import load_estimator
 from kernel.settings import Settings
-from training.datasets import context, with_features
+from training.datasets import context
 from training.tracking import configure
 
 
@@ -65,33 +66,36 @@ def score_partitions(client, frame: pd.DataFrame, score_fn, n_partitions: int | 
     return pd.concat(client.gather(client.map(_apply, client.scatter(parts), fn=fn)), ignore_index=True)
 
 
-def churn_scores(settings: Settings, engine: str = "local", as_of: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Churn risk of every member as of ``as_of`` (default: the dataset's end) with the champion:
-    point-in-time features from the offline store, scored in process or on the Dask cluster."""
+def churn_scores(
+    settings: Settings,
+    engine: str = "local",
+    as_of: pd.Timestamp | None = None,
+    drivers: bool = False,
+    model=None,
+) -> pd.DataFrame:
+    """Churn risk of every member as of ``as_of`` (default: the dataset's end) with the champion,
+    scored in process or on the Dask cluster. Features are read in bulk: every member's latest
+    offline snapshot (:func:`features.store.latest_features`); members without one are scored
+    on missing values, as the model was trained to. ``model``: a loaded churn estimator
+    instead of the registry's champion (benchmarks)."""
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
     as_of = pd.Timestamp(as_of or ctx.end)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of
-    members = load_curated(settings, "members")
-    entity = pd.DataFrame({"member_id": members.loc[members["join_date"] <= as_of.tz_localize(None), "member_id"]})
-    frame = with_features(ctx, entity.assign(event_timestamp=as_of), "churn_v1")
-    configure(settings)
-    score = partial(_churn_partition, load_estimator(settings.model_name("churn"), CHAMPION))
+    members = load_curated(settings, "members", columns=["member_id", "join_date"])
+    ids = members.loc[members["join_date"] <= as_of.tz_localize(None), "member_id"].to_numpy()
+    frame = latest_features(settings, ctx.store, "churn_v1", as_of, ids)
+    if model is None:
+        configure(settings)
+        model = load_estimator(settings.model_name("churn"), CHAMPION)
+    score = partial(_churn_partition, model, drivers)
     if engine == "local":
         return score(frame)
     with dask_client(settings) as client:
         return score_partitions(client, frame, score)
 
 
-def _churn_partition(model, frame: pd.DataFrame) -> pd.DataFrame:
-    explained = model.explain(frame.drop(columns=["event_timestamp"]), top=1)
-    return pd.DataFrame(
-        {
-            "member_id": frame["member_id"].to_numpy(),
-            "churn_probability": explained["churn_probability"].to_numpy(),
-            "risk_band": explained["risk_band"].to_numpy(),
-            "top_driver": [d[0]["feature"] if d else None for d in explained["top_drivers"]],
-            "suggested_action": explained["suggested_action"].to_numpy(),
-        }
-    )
+def _churn_partition(model, drivers: bool, frame: pd.DataFrame) -> pd.DataFrame:
+    scored = model.churn_list(frame, drivers=drivers)
+    return scored.assign(member_id=frame["member_id"].to_numpy())[["member_id", *scored.columns]]
