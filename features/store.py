@@ -29,7 +29,7 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
-from features.on_demand import days_since_last_purchase, days_since_last_purchase_one
+from features.on_demand import days_since_last_purchase_one
 from features.repo import feast_objects
 from features.repo_spec import SPEC_KEY, RepoSpec
 from features.views import NO_TTL_VIEWS
@@ -195,18 +195,6 @@ def serving_rows(
             row.get("last_purchase_ts"), row.get("rt_last_purchase_ts"), request_ts
         )
     return rows
-
-
-def serving_features(
-    store: FeatureStore, member_ids: list[str], request_ts: int, refs: list[str] | None = None
-) -> pd.DataFrame:
-    """:func:`serving_rows` as a frame, for batch scoring."""
-    df = store.get_online_features(
-        features=refs or serving_feature_refs(store), entity_rows=[{MEMBER_ID: m} for m in member_ids]
-    ).to_df()
-    df["request_ts"] = int(request_ts)
-    df["days_since_last_purchase"] = days_since_last_purchase(df).to_numpy()
-    return df
 
 
 def service_views(store: FeatureStore, service: str) -> list[tuple[str, list[str], timedelta]]:

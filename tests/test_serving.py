@@ -436,7 +436,7 @@ def test_score_batch_cli_allocates_under_budget(settings, trained, tmp_path):
 
 
 def test_feedback_reaches_the_real_time_features(service, settings, pipeline, members):
-    from features.store import serving_features
+    from features.store import serving_rows
 
     m = members["member_id"].iloc[-1]
     ts = int(pipeline["end"].timestamp()) - 60
@@ -451,13 +451,13 @@ def test_feedback_reaches_the_real_time_features(service, settings, pipeline, me
         "conflicting_event_ids": [],
         "pushed_to_feature_store": True,
     }
-    row = serving_features(pipeline["store"], [m], ts + 86400).iloc[0]
+    row = serving_rows(pipeline["store"], [m], ts + 86400)[0]
     assert row["rt_last_event_type"] == "purchase" and int(row["rt_last_purchase_ts"]) == ts
     assert row["days_since_last_purchase"] == pytest.approx(1.0)
 
 
 def test_feedback_conflicts_and_late_events_never_move_real_time_features(service, pipeline, members):
-    from features.store import serving_features
+    from features.store import serving_rows
 
     m = members["member_id"].iloc[-2]
     t = int(pipeline["end"].timestamp()) - 3600
@@ -467,7 +467,7 @@ def test_feedback_conflicts_and_late_events_never_move_real_time_features(servic
         return service.post("/feedback", body).json()
 
     def realtime():
-        row = serving_features(pipeline["store"], [m], t + 86400).iloc[0]
+        row = serving_rows(pipeline["store"], [m], t + 86400)[0]
         return row["rt_last_event_type"], int(row["rt_last_event_ts"]), int(row["rt_last_purchase_ts"])
 
     assert send({"event_id": f"p-{m}", "event": "purchase", "ts": t})["stored"] == 1
