@@ -125,7 +125,7 @@ def score_member(model, encoder: PairEncoder, member: dict, margin_rate: float) 
     one encoded matrix, one predict per booster (the service's hot path). Same values."""
     columns = encoder.columns(member)
     pred = model.predict_matrix(encoder.features.encode(columns, encoder.n_offers))
-    aov = pd.to_numeric(pd.Series([member.get("aov_365d")]), errors="coerce").fillna(0).iloc[0]
+    aov = _number(member.get("aov_365d"))
     aov = np.full(encoder.n_offers, aov if aov > 0 else DEFAULT_AOV)
     offers = encoder.offer_columns
     return {
@@ -151,6 +151,15 @@ def score_pairs(model, encoder: PairEncoder, members: pd.DataFrame, margin_rate:
             "offer_category_share": encoder.category_match(members)[0].ravel(),
         }
     )
+
+
+def _number(value) -> float:
+    """A scalar as float, 0 when missing or not a number (as ``pd.to_numeric(errors="coerce")``)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if np.isnan(out) else out
 
 
 def _offer_values(model, pred: dict, aov: np.ndarray, offers, margin_rate: float) -> dict:

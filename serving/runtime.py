@@ -107,6 +107,7 @@ class DecisionRuntime:
         self.benefits = decisions.BenefitCatalogue.from_offers(offers)
         self.default_ranking = self._default_ranking()  # the non-personalised order
         self.default_positions = [self.offer_position[o] for o in self.default_ranking["offer_id"]]
+        self.default_rates = self.default_ranking["redemption_rate"].to_numpy(dtype=float)
         uplift = self.models.get("uplift")
         self.pair_encoder = PairEncoder(uplift.features_, offers) if uplift is not None else None
 
@@ -269,7 +270,6 @@ class DecisionRuntime:
             off_page = eligible & (self.offer_category != category)
             answer.trace.append(TraceStep(rule="category_page", removed=sorted(self.offer_ids[off_page])))
             eligible &= ~off_page
-        eligible_ids = set(self.offer_ids[eligible])
         personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in self.models
         if member is not None and not member.get("consent_personalisation"):
             notes.append("no consent for personalisation: non-personalised default")
@@ -301,12 +301,12 @@ class DecisionRuntime:
             ]
             answer.offers = [self._offer_decision(scored, int(ranked[j]), member) for j in order]
         else:
-            default = self.default_ranking[self.default_ranking["offer_id"].isin(eligible_ids)].head(max_results)
+            default = [
+                (i, rate) for i, rate in zip(self.default_positions, self.default_rates, strict=True) if eligible[i]
+            ]
             answer.offers = [
-                OfferDecision(
-                    offer_id=r.offer_id, score=round(float(r.redemption_rate), 4), reason_codes=["popular_offer"]
-                )
-                for r in default.itertuples()
+                OfferDecision(offer_id=self.offer_ids[i], score=round(float(rate), 4), reason_codes=["popular_offer"])
+                for i, rate in default[:max_results]
             ]
             answer.propensity = 1.0 if answer.offers else None
         answer.notes = notes

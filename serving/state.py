@@ -143,6 +143,7 @@ class ServingState:
         # decisions are an audit/OPE log: on SQLite, synchronous=NORMAL survives a process crash
         # (only an OS crash can lose the last ones); feedback keeps FULL: fsync before the answer
         self._log_db = _engine(url, "NORMAL") if url.startswith("sqlite") else self._db
+        self._snapshot = self._snapshot_statement()
         with _db_errors():
             try:
                 self._md.create_all(self._db)
@@ -272,26 +273,48 @@ class ServingState:
             return conn.execute(stmt).all()
 
     def member_snapshot(self, member_id: str, since_ts: int) -> dict:
-        """What one decision checks, read on one connection (the request's hot path): opt-out,
+        """What one decision checks, in one round trip (the request's hot path): opt-out,
         impressions per channel since ``since_ts`` (the contact caps), offers redeemed, and
         redemptions per offer (stock)."""
+        with _db_errors(), self._db.connect() as conn:
+            rows = conn.execute(
+                self._snapshot, {"member_key": self.member_key(member_id), "since": int(since_ts)}
+            ).all()
+        opted_out, contacts, redeemed, by_offer = False, Counter(), set(), {}
+        for event, channel, offer, n in rows:
+            if event == "opt_out":
+                opted_out = True
+            elif event == "impression":
+                contacts[channel] += 1
+            elif event == "redemption":
+                if offer:
+                    redeemed.add(offer)
+            else:  # the stock counters
+                by_offer[offer] = int(n)
+        return {
+            "opted_out": opted_out,
+            "contacts": dict(contacts),
+            "redeemed": redeemed,
+            "redemptions_by_offer": by_offer,
+        }
+
+    def _snapshot_statement(self) -> sa.CompoundSelect:
+        """Built once: the member's events and every offer's redemption counter, one statement."""
         f, r = self.feedback_table, self.redemptions
-        events = sa.select(f.c.event, f.c.channel, f.c.offer_id).where(
-            f.c.member_key == self.member_key(member_id),
+        events = sa.select(f.c.event, f.c.channel, f.c.offer_id, sa.literal(0, sa.Integer).label("n")).where(
+            f.c.member_key == sa.bindparam("member_key"),
             sa.or_(
                 f.c.event.in_(["opt_out", "redemption"]),
-                sa.and_(f.c.event == "impression", f.c.ts >= int(since_ts)),
+                sa.and_(f.c.event == "impression", f.c.ts >= sa.bindparam("since")),
             ),
         )
-        with _db_errors(), self._db.connect() as conn:
-            rows = conn.execute(events).all()
-            used = conn.execute(sa.select(r.c.offer_id, r.c.redeemed)).all()
-        return {
-            "opted_out": any(event == "opt_out" for event, _, _ in rows),
-            "contacts": dict(Counter(channel for event, channel, _ in rows if event == "impression")),
-            "redeemed": {offer for event, _, offer in rows if event == "redemption" and offer},
-            "redemptions_by_offer": {o: int(n) for o, n in used},
-        }
+        counters = sa.select(
+            sa.literal("counter", sa.String).label("event"),
+            sa.null().label("channel"),
+            r.c.offer_id,
+            r.c.redeemed.label("n"),
+        )
+        return sa.union_all(events, counters)
 
     def opted_out(self, member_id: str) -> bool:
         f = self.feedback_table
