@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import typer
 
@@ -35,7 +37,98 @@ def data_load(ctx: typer.Context) -> None:
         out = load_public_dataset(settings_of(ctx))
     except (SharedDataMissing, ValueError) as err:
         fail(err)
-    console.print({"adapter_rejected": out.rejected_counts(), "notes": out.notes})
+    if isinstance(out, dict):  # through its mapping: one imported batch
+        console.print({"rows": out["rows"], "rejected_on_import": out["rejected_on_import"], "notes": out["notes"]})
+    else:
+        console.print({"adapter_rejected": out.rejected_counts(), "notes": out.notes})
+
+
+@data_app.command("import")
+def data_import(
+    ctx: typer.Context,
+    source: str = typer.Option(..., help="a folder of CSV / Parquet / JSON-lines files, or a SQLAlchemy URL"),
+    mapping: Path | None = typer.Option(None, help="mapping YAML (`loyalty-ml data template DIR` writes one)"),
+    dataset: str | None = typer.Option(None, help="dataset name ([a-z0-9_]+); default: the global --dataset"),
+    increment: bool = typer.Option(False, help="add a batch to the dataset instead of replacing its data"),
+) -> None:
+    """Import a retailer's own tables through a mapping, as one batch; then `data validate`."""
+    from training.data.ingest import import_dataset
+    from training.data.mapping import MappingError, validate_dataset_name
+
+    settings = settings_of(ctx)
+    try:
+        if dataset is not None:
+            settings = settings.model_copy(update={"dataset": validate_dataset_name(dataset)})
+        if settings.dataset == "simulated":
+            raise MappingError("name the dataset: --dataset NAME (`simulated` is the simulator's)")
+        record = import_dataset(settings, source, mapping, increment)
+    except (MappingError, ContractError) as err:
+        fail(err)
+    if record.get("skipped"):
+        console.print(f"batch already imported as {record['batch_id']} (same content): nothing added")
+        return
+    console.print(f"dataset {settings.dataset}: batch {record['batch_id']} imported")
+    console.print({"rows": record["rows"], "rejected_on_import": record["rejected_on_import"]})
+    for note in record["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"next: loyalty-ml --dataset {settings.dataset} data validate")
+
+
+@data_app.command("template")
+def data_template(folder: Path) -> None:
+    """Write one header-only CSV per contract table and a commented example mapping."""
+    from kernel.contracts import CONTRACTS
+    from training.data.mapping import TEMPLATE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, contract in CONTRACTS.items():
+        (folder / f"{table}.csv").write_text(",".join(contract.to_schema().columns) + "\n")
+    (folder / "mapping.yaml").write_text(TEMPLATE)
+    console.print(f"wrote {len(CONTRACTS)} header-only CSVs and mapping.yaml to {folder}")
+
+
+@data_app.command("batches")
+def data_batches(ctx: typer.Context) -> None:
+    """List the imported batches with their row, duplicate and quarantine counts."""
+    from rich.table import Table
+
+    from training.data.ingest import read_batches
+
+    settings = require_dataset(settings_of(ctx))
+    batches = read_batches(settings)
+    if not batches:
+        console.print(f"dataset {settings.dataset!r} has no imported batches (its source: simulator or adapter)")
+        return
+    table = Table(title=f"batches of {settings.dataset}")
+    for col in (
+        "batch",
+        "imported at",
+        "rows",
+        "rejected on import",
+        "curated",
+        "duplicates",
+        "updated",
+        "quarantined",
+    ):
+        table.add_column(col, justify="left" if col in ("batch", "imported at") else "right")
+    for b in batches:
+        v = b.get("validated", {})
+
+        def total(name: str, counts: dict = v) -> str:
+            return str(sum(c.get(name, 0) for c in counts.values())) if counts else "-"
+
+        quarantined = sum(c.get("quarantined", 0) + c.get("conflicts", 0) for c in v.values()) if v else "-"
+        table.add_row(
+            b["batch_id"],
+            b["imported_at"],
+            str(sum(b["rows"].values())),
+            str(sum(b["rejected_on_import"].values())),
+            total("curated"),
+            total("duplicates_skipped"),
+            total("updated"),
+            str(quarantined),
+        )
+    console.print(table)
 
 
 @data_app.command("validate")
@@ -45,7 +138,7 @@ def data_validate(ctx: typer.Context) -> None:
 
     try:
         report = validate_dataset(settings_of(ctx))
-    except (ContractError, FileNotFoundError) as err:
+    except (ContractError, FileNotFoundError, ValueError) as err:
         fail(err)
     print_report(report, console)
     console.print(f"quarantine: {settings_of(ctx).quarantine_dir}")

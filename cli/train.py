@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from cli.common import console, fail, require_dataset, settings_of
 from kernel.constants import JOB_NAMES
 from kernel.settings import Profile, Settings
 
+log = logging.getLogger("loyalty_ml.train")
 train_app = typer.Typer(help="Train, evaluate, log to MLflow and register models.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models: aliases, promotion gate, audit history.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Evaluate campaigns against their control groups.", no_args_is_help=True)
@@ -32,6 +35,7 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
     from training.jobs.common import JobNotApplicable
 
     results = {}
+    outcomes: list[tuple[str, str, str, float]] = []  # job, done/skipped/failed, reason, seconds
     for name in jobs:
         console.rule(f"train {name}")
         kwargs = {k: v for k, v in options.get(name, {}).items() if v is not None}
@@ -42,9 +46,23 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
             if len(jobs) == 1:
                 fail(err)
             console.print(f"[yellow]skipped {name}:[/yellow] {err}")
+            outcomes.append((name, "skipped", str(err), time.perf_counter() - started))
             continue
-        except (FileNotFoundError, ValueError) as err:
-            fail(err)
+        except (FileNotFoundError, ValueError) as err:  # input or settings: one line naming what to fix
+            if len(jobs) == 1:
+                fail(err)
+            console.print(f"[red]failed {name}:[/red] {escape(str(err))}")
+            outcomes.append((name, "failed", str(err), time.perf_counter() - started))
+            continue
+        except Exception as err:  # one job's bug must not stop the jobs after it
+            if len(jobs) == 1:
+                raise
+            log.exception("job %s failed", name)
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            console.print(f"[red]failed {name}:[/red] {escape(reason)}")
+            outcomes.append((name, "failed", reason, time.perf_counter() - started))
+            continue
+        outcomes.append((name, "done", "", time.perf_counter() - started))
         res = results[name]
         seconds = time.perf_counter() - started
         table = Table(title=f"{name}: holdout metrics (run {res.run_id[:8]}, {seconds:.0f} s)")
@@ -60,6 +78,17 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
             console.print(f"[yellow]note:[/yellow] {note}")
         if res.decision:
             console.print(f"registered {res.decision.model} v{res.decision.version}: {res.decision.reason}")
+        outcomes[-1] = (name, "done", res.decision.reason if res.decision else "", outcomes[-1][3])
+    if len(jobs) > 1:
+        summary = Table(title="train: outcome per job")
+        for col in ("job", "outcome", "seconds", "reason"):
+            summary.add_column(col, justify="right" if col == "seconds" else "left")
+        for name, outcome, reason, seconds in outcomes:
+            colour = {"done": "green", "skipped": "yellow", "failed": "red"}[outcome]
+            summary.add_row(name, f"[{colour}]{outcome}[/{colour}]", f"{seconds:.0f}", escape(reason))
+        console.print(summary)
+        if any(o == "failed" for _, o, _, _ in outcomes):
+            raise typer.Exit(code=1)
     return results
 
 

@@ -156,6 +156,7 @@ class ValidationResult:
     table: str
     valid: pd.DataFrame
     quarantined: pd.DataFrame  # original columns + _source_row + _reason
+    source_index: list[int] | None = None  # the input row of each valid row
 
     @property
     def counts(self) -> dict[str, int]:
@@ -203,4 +204,5 @@ def validate(table: str, df: pd.DataFrame, max_passes: int = 5) -> ValidationRes
     quarantined = original.loc[bad_index].astype("string")
     quarantined.insert(0, "_source_row", pd.Series(bad_index, index=bad_index, dtype="int64"))
     quarantined["_reason"] = ["; ".join(dict.fromkeys(reasons[i])) for i in bad_index]
-    return ValidationResult(table, valid.reset_index(drop=True), quarantined.reset_index(drop=True))
+    source_index = [int(i) for i in valid.index]
+    return ValidationResult(table, valid.reset_index(drop=True), quarantined.reset_index(drop=True), source_index)

@@ -85,6 +85,19 @@ class _Indexed:
         )
 
 
+def _clean(ids: np.ndarray, scores: np.ndarray, banned: set) -> tuple[np.ndarray, np.ndarray]:
+    """``implicit`` pads a list it cannot fill (a catalogue smaller than ``N`` after owned and
+    filtered items) with repeats of item 0 or -1: keep each real, allowed item once."""
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    seen: set = set()
+    keep = np.zeros(len(ids), dtype=bool)
+    for j, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True)):
+        if i >= 0 and np.isfinite(s) and i not in banned and i not in seen:
+            keep[j] = True
+            seen.add(i)
+    return ids[keep], scores[keep]
+
+
 class PopularityRecommender(_Indexed):
     """Most-bought items (by number of members), overall or within the member's segment."""
 
@@ -214,9 +227,10 @@ class CFRecommender(_Indexed):
                     filter_already_liked_items=exclude_owned,
                     filter_items=flt,
                 )
+            banned = set() if flt is None else set(flt.tolist())
             for j, i in enumerate(known):
-                keep = np.isfinite(sc[j]) & (ids[j] >= 0)
-                idx[i], scores[i] = ids[j][keep], sc[j][keep]
+                owned = set(self.conf_[rows[i]].indices.tolist()) if exclude_owned else set()
+                idx[i], scores[i] = _clean(ids[j], sc[j], banned | owned)
         for i in np.nonzero(rows < 0)[0]:
             m = member_ids[i]
             hist = [self.item_index_[it] for it in (histories or {}).get(m, []) if it in self.item_index_]
@@ -231,8 +245,8 @@ class CFRecommender(_Indexed):
                     ids, sc = self.model_.recommend(
                         0, user, N=k, filter_already_liked_items=exclude_owned, filter_items=flt, **extra
                     )
-                keep = np.isfinite(sc) & (ids >= 0)
-                idx[i], scores[i], src[i] = ids[keep], sc[keep], "cf_fold_in"
+                banned = (set() if flt is None else set(flt.tolist())) | (set(hist) if exclude_owned else set())
+                (idx[i], scores[i]), src[i] = _clean(ids, sc, banned), "cf_fold_in"
             else:
                 idx[i], scores[i] = self._fallback(set(hist), k, exclude_owned, (segments or {}).get(m), allowed_items)
                 src[i] = "segment_popularity"

@@ -2,14 +2,20 @@ import pandas as pd
 import pytest
 
 from kernel.contracts import validate
-from training.data.adapters import load_complete_journey, load_online_retail
+from kernel.settings import Settings
+from training.data.adapters import load_complete_journey
+from training.data.importer import complete_tables, import_tables
+from training.data.ingest import MAPPINGS, load_public_dataset
+from training.data.mapping import load_mapping
 
 
-def test_online_retail_accounts_for_every_row(shared_data):
-    out = load_online_retail(shared_data)
+def test_online_retail_loads_through_its_mapping_and_accounts_for_every_row(shared_data):
+    mapping = load_mapping(MAPPINGS / "online_retail.yaml")
+    out = import_tables(shared_data / "online_retail", mapping)
     raw = pd.read_parquet(shared_data / "online_retail" / "online_retail_2010_2011.parquet")
     rejected = out.rejected["transactions"]
-    result = validate("transactions", out.tables["transactions"])
+    tables, notes = complete_tables(out.tables, mapping)
+    result = validate("transactions", tables["transactions"])
     assert len(raw) == len(rejected) + result.counts["valid"] + result.counts["quarantined"]
     reasons = rejected["_reason"].value_counts()
     assert reasons["cancellation (invoice starts with C)"] == 9288
@@ -17,11 +23,15 @@ def test_online_retail_accounts_for_every_row(shared_data):
     assert reasons["non-positive UnitPrice"] == 40
     assert (raw.loc[rejected["_source_row"].astype(int), "Quantity"] <= 0).sum() == 10_624  # negatives all accounted
     assert (result.valid["quantity"] > 0).all()
-    members = validate("members", out.tables["members"])
+    members = validate("members", tables["members"])
     assert members.counts["quarantined"] == 0 and members.counts["valid"] == result.valid["member_id"].nunique()
-    ledger = validate("points_ledger", out.tables["points_ledger"])
+    assert set(tables["members"]["region"]) >= {"United Kingdom", "France"}
+    items = validate("items", tables["items"])
+    assert items.counts["quarantined"] == 0 and (tables["items"]["category_l1"] != "UNKNOWN").mean() > 0.99
+    ledger = validate("points_ledger", tables["points_ledger"])
     assert ledger.counts["quarantined"] == 0
     assert (ledger.valid.groupby("member_id")["points"].cumsum() == ledger.valid["balance"]).all()
+    assert any("consent" in n and "assumed" in n for n in notes)
 
 
 def test_complete_journey_maps_campaigns_and_redemptions(shared_data):
@@ -47,4 +57,7 @@ def test_missing_shared_data_is_a_clear_error(tmp_path):
     from training.data.adapters import SharedDataMissing
 
     with pytest.raises(SharedDataMissing, match="shared/data"):
-        load_online_retail(tmp_path)
+        load_complete_journey(tmp_path)
+    settings = Settings(data_dir=tmp_path / "data", dataset="online_retail", shared_data_dir=tmp_path / "nowhere")
+    with pytest.raises(SharedDataMissing, match="shared/data"):
+        load_public_dataset(settings)

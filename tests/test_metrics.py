@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -51,3 +52,21 @@ def test_qini_rewards_ranking_the_treated_responders_first():
     y = np.array([1, 1, 0, 0, 0, 0, 0, 0])
     good = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.3, 0.3, 0.3])
     assert qini_coefficient(good, treatment, y) > qini_coefficient(-good, treatment, y)
+
+
+@pytest.mark.parametrize("algorithm", ["als", "bpr", "item_item"])
+def test_recommendation_lists_never_hold_padding_repeats_or_owned_items(algorithm):
+    """A catalogue smaller than k: implicit pads the list; the recommender must not pass that on."""
+    from models.cf import CFRecommender
+
+    inter = pd.DataFrame(
+        {"member_id": ["m1", "m1", "m2", "m2", "m3"], "item_id": ["a", "b", "b", "c", "a"], "weight": 1.0}
+    )
+    model = CFRecommender(algorithm=algorithm, factors=4, iterations=3).fit(inter, items=["a", "b", "c", "d"])
+    recs = model.recommend(["m1", "m2", "m3", "new"], k=10, histories={"new": ["a"]})
+    owned = {"m1": {"a", "b"}, "m2": {"b", "c"}, "m3": {"a"}, "new": {"a"}}
+    for member, items in zip(recs["member_id"], recs["item_ids"], strict=True):
+        assert len(items) == len(set(items)) <= 4 - len(owned[member]), (member, items)
+        assert not set(items) & owned[member]
+    m = ranking_metrics(recs["item_ids"].tolist(), [{"c", "d"}] * 4, ks=(10,))
+    assert all(v <= 1 for k, v in m.items() if k != "members_evaluated")

@@ -43,14 +43,34 @@ def context(settings: Settings) -> TrainingContext:
     meta = read_meta(settings)
     if not settings.registry_path.exists() and settings.profile.value == "embedded":
         raise FileNotFoundError("Feast registry missing: run `loyalty-ml features build/apply/materialize` first")
+    cutoff, window = dataset_cutoff(meta, settings), pd.Timedelta(days=settings.label_window_days)
+    check_history(meta, cutoff, window, settings.label_window_days)
     return TrainingContext(
         settings=settings,
         store=get_store(settings),
         meta=meta,
-        cutoff=dataset_cutoff(meta, settings),
+        cutoff=cutoff,
         end=pd.Timestamp(meta["end"]),
-        window=pd.Timedelta(days=settings.label_window_days),
+        window=window,
     )
+
+
+class HistoryTooShort(ValueError):
+    """The data's history cannot hold the training, validation and test windows: a setting to lower."""
+
+
+def check_history(meta: dict, cutoff: pd.Timestamp, window: pd.Timedelta, window_days: int) -> None:
+    """Jobs need history before the validation window, which precedes the test window after the cutoff."""
+    if meta.get("start") is None:
+        return
+    start, end = pd.Timestamp(meta["start"]), pd.Timestamp(meta["end"])
+    days = (end - start).days
+    if cutoff - 2 * window <= start:
+        raise HistoryTooShort(
+            f"label_window_days={window_days} is too long for {days} days of history: training, validation and "
+            f"test windows need more than {3 * window_days} days; lower LOYALTY_LABEL_WINDOW_DAYS "
+            f"(at most {max(days // 3 - 1, 1)} here)"
+        )
 
 
 def training_times(ctx: TrainingContext, n: int) -> list[pd.Timestamp]:

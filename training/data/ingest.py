@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -12,7 +16,9 @@ from rich.table import Table
 from kernel.contracts import ContractError, validate
 from kernel.curated import read_meta, write_meta
 from kernel.settings import Settings
-from training.data.adapters import ADAPTERS, AdapterOutput
+from training.data.adapters import ADAPTERS, AdapterOutput, SharedDataMissing
+from training.data.importer import complete_tables, import_tables, source_tables
+from training.data.mapping import Mapping, MappingError, load_mapping
 from training.data.simulator import SimConfig, simulate
 
 # (table, column) -> (parent table, parent key): rows pointing at unknown parents are quarantined
@@ -25,12 +31,27 @@ REFERENCES = {
     ("engagement", "member_id"): ("members", "member_id"),
     ("points_ledger", "member_id"): ("members", "member_id"),
 }
+# natural keys: a row whose key an earlier batch holds is a duplicate (same content: skipped) or a
+# conflict (other content: quarantined, the first kept); None: the whole row is its key
+NATURAL_KEYS = {
+    "members": ["member_id"],
+    "items": ["item_id"],
+    "offers": ["offer_id"],
+    "transactions": ["order_id", "item_id", "line_no"],
+    "exposures": ["exposure_id"],
+    "responses": ["exposure_id"],
+    "engagement": None,
+    "points_ledger": ["entry_id"],
+}
+BATCH_COLUMN = "batch_id"
 # validate parents before children
 ORDER = ["members", "items", "offers", "transactions", "exposures", "responses", "engagement", "points_ledger"]
 
 
 def simulate_dataset(settings: Settings, n_members: int, seed: int | None = None, progress: bool = True) -> dict:
     cfg = SimConfig(n_members=n_members, seed=settings.seed if seed is None else seed)
+    shutil.rmtree(settings.raw_dir, ignore_errors=True)  # no batches of an earlier import mix in
+    write_batches(settings, [])
     counts = simulate(cfg, settings.dataset_dir, progress=progress)
     _clear(settings.quarantine_dir)
     write_meta(
@@ -47,13 +68,29 @@ def simulate_dataset(settings: Settings, n_members: int, seed: int | None = None
     return counts
 
 
-def load_public_dataset(settings: Settings) -> AdapterOutput:
-    """Run the adapter named by ``settings.dataset`` and write its raw tables and rejects."""
+MAPPINGS = Path(__file__).parent / "mappings"  # public data sets that load through the generic import
+
+
+def load_public_dataset(settings: Settings) -> AdapterOutput | dict:
+    """Load the public data set named by ``settings.dataset``: through its mapping file where
+    one exists (the generic import), else through its adapter."""
+    mapping = MAPPINGS / f"{settings.dataset}.yaml"
+    if mapping.exists():
+        folder = settings.shared_data_dir / settings.dataset
+        if not folder.is_dir():
+            raise SharedDataMissing(f"{folder} not found: put the public data under ../shared/data (see its README)")
+        return import_dataset(settings, folder, mapping)
     if settings.dataset not in ADAPTERS:
-        raise ValueError(f"dataset {settings.dataset!r} has no adapter; expected one of {sorted(ADAPTERS)}")
+        known = sorted([*ADAPTERS, *(p.stem for p in MAPPINGS.glob("*.yaml"))])
+        raise ValueError(
+            f"dataset {settings.dataset!r} is not a public data set ({', '.join(known)}); "
+            "import your own with `loyalty-ml data import`"
+        )
     out = ADAPTERS[settings.dataset](settings.shared_data_dir)
-    _clear(settings.raw_dir)
-    _clear(settings.quarantine_dir)
+    for folder in (settings.raw_dir, settings.quarantine_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    write_batches(settings, [])
     for table, df in out.tables.items():
         df.to_parquet(settings.raw_dir / f"{table}.parquet", index=False)
     for table, df in out.rejected.items():
@@ -78,23 +115,195 @@ def _write_quarantine(settings: Settings, table: str, stage: str, df: pd.DataFra
     out.to_parquet(settings.quarantine_dir / f"{table}__{stage}.parquet", index=False)
 
 
+# --------------------------------------------------------------------------- import through a mapping
+def import_dataset(
+    settings: Settings, source: str | Path, mapping_path: Path | None = None, increment: bool = False
+) -> dict:
+    """Import a retailer's export as one batch: the first (replacing the dataset's raw data)
+    or, with ``increment``, the next. Returns the batch record (``skipped``: the same content
+    was imported before, nothing added)."""
+    mapping = load_mapping(mapping_path, None if mapping_path else source_tables(source))
+    batches = read_batches(settings)
+    if increment and not batches:
+        raise MappingError(
+            f"dataset {settings.dataset!r} has no imported batch to add to: import it once without --increment"
+        )
+    out = import_tables(source, mapping)
+    digest = _content_hash(out.tables)
+    if increment:
+        same = next((b for b in batches if b["content_hash"] == digest), None)
+        if same is not None:
+            return same | {"skipped": True}
+    else:
+        for folder in (settings.raw_dir, settings.quarantine_dir, settings.curated_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        batches = []
+    batch_id = f"b{len(batches) + 1:04d}"
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    for table, df in out.tables.items():
+        (settings.raw_dir / table).mkdir(parents=True, exist_ok=True)
+        df.to_parquet(settings.raw_dir / table / f"{batch_id}.parquet", index=False)
+    for table, df in out.rejected.items():
+        _write_quarantine(settings, table, f"import_{batch_id}", df.assign(**{BATCH_COLUMN: batch_id}))
+    record = {
+        "batch_id": batch_id,
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": _safe_source(source),
+        "content_hash": digest,
+        "rows": {t: len(df) for t, df in out.tables.items()},
+        "rejected_on_import": {t: len(df) for t, df in out.rejected.items() if len(df)},
+        "notes": out.notes,
+    }
+    write_batches(settings, [*batches, record])
+    previous = read_meta(settings) if increment else {}
+    end = max(pd.Timestamp(previous["end"]), out.end) if previous.get("end") else out.end
+    write_meta(
+        settings,
+        {
+            **previous,
+            "source": "import",
+            "end": end,
+            "currency": mapping.currency,
+            "notes": out.notes,
+            "mapping": mapping.model_dump(mode="json", by_alias=True, exclude_none=True),
+        },
+    )
+    return record
+
+
+def _content_hash(tables: dict[str, pd.DataFrame]) -> str:
+    h = hashlib.sha256()
+    for table in sorted(tables):
+        df = tables[table]
+        h.update(table.encode())
+        h.update(",".join(df.columns).encode())
+        if len(df):
+            h.update(pd.util.hash_pandas_object(df.astype("string"), index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _safe_source(source: str | Path) -> str:
+    """The source as recorded: a database URL without its password."""
+    text = str(source)
+    if "://" in text:
+        import sqlalchemy as sa
+
+        return sa.make_url(text).render_as_string(hide_password=True)
+    return str(Path(text).resolve())
+
+
+def read_batches(settings: Settings) -> list[dict]:
+    path = settings.dataset_dir / "batches.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def write_batches(settings: Settings, batches: list[dict]) -> None:
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    (settings.dataset_dir / "batches.json").write_text(json.dumps(batches, indent=2, default=str))
+
+
+def _raw_parts(settings: Settings, table: str) -> pd.DataFrame:
+    """Every raw batch of ``table`` in import order, each row tagged with its batch."""
+    parts = []
+    single = settings.raw_dir / f"{table}.parquet"
+    if single.exists():  # simulator and public adapters: one batch, named after the source
+        parts.append(pd.read_parquet(single).assign(**{BATCH_COLUMN: "initial"}))
+    for path in sorted((settings.raw_dir / table).glob("b*.parquet")):
+        parts.append(pd.read_parquet(path).assign(**{BATCH_COLUMN: path.stem}))
+    if not parts:
+        raise ContractError(f"{table}: raw data missing in {settings.raw_dir}: run `loyalty-ml data import` first")
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def deduplicate(table: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]]]:
+    """Rows whose natural key an earlier batch holds. Same content: skipped. Other content:
+    quarantined with the reason, the first kept. Members are versioned by
+    ``consent_updated_at``: a newer version replaces the older (counted as ``updated``), two
+    versions of the same moment conflict. Returns (rows kept, conflicts, counts per batch)."""
+    counts: dict[str, dict[str, int]] = {}
+    if df.empty or df[BATCH_COLUMN].nunique() < 2:
+        return df, df.iloc[:0], counts
+    content = [c for c in df.columns if c != BATCH_COLUMN]
+    key = [c for c in (NATURAL_KEYS[table] or content) if c in df.columns]
+    order = df[BATCH_COLUMN].rank(method="dense").astype(int).to_numpy()
+    k = pd.util.hash_pandas_object(df[key].astype("string"), index=False).to_numpy()
+    h = pd.util.hash_pandas_object(df[content].astype("string"), index=False).to_numpy()
+    frame = pd.DataFrame({"k": k, "h": h, "order": order, "row": np.arange(len(df))})
+    if table == "members":  # the newest version wins; among equals, the first imported
+        frame["t"] = df["consent_updated_at"].to_numpy()
+        ranked = frame.sort_values(["k", "t", "order", "row"], ascending=[True, False, True, True])
+    else:
+        ranked = frame.sort_values(["k", "order", "row"])
+    winner = ranked.drop_duplicates("k").set_index("k")
+    w_order, w_hash = frame["k"].map(winner["order"]).to_numpy(), frame["k"].map(winner["h"]).to_numpy()
+    w_row = frame["k"].map(winner["row"]).to_numpy()
+    # rows of the winner's own batch stay (duplicates inside one batch are the contract's to judge)
+    same_batch = order == w_order
+    same = ~same_batch & (h == w_hash)
+    other = ~same_batch & ~same
+    updated = np.zeros(len(df), dtype=bool)
+    if table == "members":
+        t = frame["t"].to_numpy()
+        updated = other & (t < t[w_row])  # an older version, replaced by the winner
+    conflicts_mask = other & ~updated
+    kept = df.loc[~(same | other)]
+    conflicts = df.loc[conflicts_mask].astype("string")
+    what = "/".join(key) if NATURAL_KEYS[table] else "the same row"
+    conflicts["_reason"] = [
+        f"{what} already imported in batch {df[BATCH_COLUMN].iat[r]} with other content; that one is kept"
+        for r in w_row[conflicts_mask]
+    ]
+    for name, mask in (("duplicates_skipped", same), ("conflicts", conflicts_mask), ("updated", updated)):
+        for batch, n in df.loc[mask, BATCH_COLUMN].value_counts().items():
+            counts.setdefault(batch, {})[name] = int(n)
+    return kept, conflicts, counts
+
+
+# --------------------------------------------------------------------------- validation
 def validate_dataset(settings: Settings) -> dict:
-    """Validate every raw table; write curated tables, quarantine files and a report."""
+    """Validate every raw table (every batch, deduplicated by natural keys); write curated
+    tables (each row with its batch), quarantine files and a report."""
     _clear(settings.curated_dir)
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    for stage in ("contract", "reference"):  # adapter rejects stay: they come from the load step
+    for stage in ("contract", "reference", "conflict"):  # adapter and import rejects stay: the load step wrote them
         for old in settings.quarantine_dir.glob(f"*__{stage}.parquet"):
             old.unlink()
+    meta = read_meta(settings) if (settings.dataset_dir / "meta.json").exists() else {}
+    raw_tables: dict[str, pd.DataFrame] = {}
+    dedup: dict[str, tuple[int, int, dict]] = {}
+    imported = "mapping" in meta
+    for table in ORDER:
+        if (
+            imported
+            and not (settings.raw_dir / table).exists()
+            and not (settings.raw_dir / f"{table}.parquet").exists()
+        ):
+            continue  # built from the transactions below
+        raw = _raw_parts(settings, table)
+        kept, conflicts, counts = deduplicate(table, raw)
+        _write_quarantine(settings, table, "conflict", conflicts)
+        raw_tables[table] = kept.reset_index(drop=True)
+        dedup[table] = (len(raw), len(conflicts), counts)
+    notes: list[str] = []
+    if imported:
+        mapping = Mapping.model_validate(meta["mapping"])
+        batch_of = {t: df[BATCH_COLUMN] for t, df in raw_tables.items()}
+        completed, notes = complete_tables(raw_tables, mapping)
+        for table, df in completed.items():
+            batches = batch_of.get(table)
+            raw_tables[table] = df.assign(**{BATCH_COLUMN: batches.to_numpy() if batches is not None else "derived"})
     report: dict[str, dict] = {}
     curated: dict[str, pd.DataFrame] = {}
+    per_batch: dict[str, dict[str, dict[str, int]]] = {}
     for table in ORDER:
-        path = settings.raw_dir / f"{table}.parquet"
-        if not path.exists():
-            raise ContractError(f"{table}: raw file {path} missing")
-        raw = pd.read_parquet(path)
-        result = validate(table, raw)
-        valid = result.valid
-        _write_quarantine(settings, table, "contract", result.quarantined)
+        raw = raw_tables[table]
+        n_read, n_conflicts, counts = dedup.get(table, (len(raw), 0, {}))
+        result = validate(table, raw.drop(columns=BATCH_COLUMN))
+        valid = result.valid.assign(**{BATCH_COLUMN: raw[BATCH_COLUMN].to_numpy()[result.source_index]})
+        quarantined = result.quarantined.assign(
+            **{BATCH_COLUMN: raw[BATCH_COLUMN].to_numpy()[result.quarantined["_source_row"].to_numpy()]}
+        )
+        _write_quarantine(settings, table, "contract", quarantined)
         orphans = []
         for (child, col), (parent, key) in REFERENCES.items():
             if child != table or parent not in curated:
@@ -109,26 +318,51 @@ def validate_dataset(settings: Settings) -> dict:
         valid = valid.reset_index(drop=True)
         valid.to_parquet(settings.curated_dir / f"{table}.parquet", index=False)
         curated[table] = valid
-        adapter_q = settings.quarantine_dir / f"{table}__adapter.parquet"
-        n_adapter = len(pd.read_parquet(adapter_q, columns=["_reason"])) if adapter_q.exists() else 0
+        n_loader = _count_quarantine(settings, table, ("adapter", "import_"))
+        skipped = sum(c.get("duplicates_skipped", 0) for c in counts.values())
+        updated = sum(c.get("updated", 0) for c in counts.values())
         report[table] = {
-            "raw": len(raw),
+            "raw": n_read,
             "valid": len(valid),
+            "duplicates_skipped": skipped,
+            "updated": updated,
+            "quarantined_conflict": n_conflicts,
             "quarantined_contract": len(result.quarantined),
             "quarantined_reference": n_orphans,
-            "rejected_by_adapter": n_adapter,
+            "rejected_by_adapter": n_loader,
             "reasons": _top_reasons(result.quarantined, orphans),
         }
-        if len(raw) != len(valid) + len(result.quarantined) + n_orphans:  # the no-silent-drop invariant
+        # the no-silent-drop invariant: every row read is kept, skipped as a duplicate, replaced, or quarantined
+        if n_read != len(raw) + skipped + updated + n_conflicts and table in dedup:
+            raise ContractError(f"{table}: rows lost in deduplication")
+        if len(raw) != len(valid) + len(result.quarantined) + n_orphans:
             raise ContractError(f"{table}: rows lost in validation")
+        for batch, c in counts.items():
+            per_batch.setdefault(batch, {})[table] = c
+        for batch, n in valid[BATCH_COLUMN].value_counts().items():
+            per_batch.setdefault(batch, {}).setdefault(table, {})["curated"] = int(n)
+        bad = pd.concat([quarantined[[BATCH_COLUMN]]] + [o[[BATCH_COLUMN]] for o in orphans])
+        for batch, n in bad[BATCH_COLUMN].value_counts().items():
+            per_batch.setdefault(batch, {}).setdefault(table, {})["quarantined"] = int(n)
     (settings.dataset_dir / "validation_report.json").write_text(json.dumps(report, indent=2))
-    meta_path = settings.dataset_dir / "meta.json"
-    if meta_path.exists():  # the programme's first data: the service refuses event times before it
+    if imported:
+        write_batches(settings, [b | {"validated": per_batch.get(b["batch_id"], {})} for b in read_batches(settings)])
+    if meta:  # the programme's first data: the service refuses event times before it
         firsts = [curated["members"]["join_date"].min(), curated["transactions"]["ts"].min()]
         firsts = [t for t in firsts if pd.notna(t)]
-        if firsts:
-            write_meta(settings, read_meta(settings) | {"start": min(firsts)})
+        update = {"start": min(firsts)} if firsts else {}
+        if notes:
+            update["notes"] = list(dict.fromkeys([*meta.get("notes", []), *notes]))
+        write_meta(settings, read_meta(settings) | update)
     return report
+
+
+def _count_quarantine(settings: Settings, table: str, stages: tuple[str, ...]) -> int:
+    n = 0
+    for path in settings.quarantine_dir.glob(f"{table}__*.parquet"):
+        if path.stem.split("__", 1)[1].startswith(stages):
+            n += len(pd.read_parquet(path, columns=["_reason"]))
+    return n
 
 
 def _top_reasons(quarantined: pd.DataFrame, orphans: list[pd.DataFrame], top: int = 5) -> dict[str, int]:

@@ -24,7 +24,7 @@ from models.cf import ALGORITHMS, CFRecommender, PopularityRecommender, interact
 from training import plots
 from training.datasets import context
 from training.evaluation.metrics import KS, ranking_metrics
-from training.jobs.common import JobResult, finish, log_metrics
+from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics
 from training.tracking import job_run, log_figure, log_table
 
 METRIC, MARGIN = "ndcg_at_10", 0.002
@@ -98,6 +98,9 @@ class OracleRanking:
         return pd.DataFrame({"member_id": list(members), "item_ids": recs})
 
 
+MIN_CATALOGUE = 10  # k of the headline metrics: with fewer items a top-k list is the catalogue
+
+
 def run(
     settings: Settings, algorithms: tuple[str, ...] = ALGORITHMS, trials: int | None = None, register_model: bool = True
 ) -> JobResult:
@@ -106,6 +109,12 @@ def run(
     ctx = context(settings)
     txn = load_curated(settings, "transactions")[["member_id", "item_id", "quantity", "ts"]]
     items = load_curated(settings, "items")["item_id"].tolist()
+    sold = txn["item_id"].nunique()
+    if sold < MIN_CATALOGUE:
+        raise JobNotApplicable(
+            f"{sold} item(s) sold: a catalogue smaller than k={MIN_CATALOGUE} needs no recommender "
+            "(every member would be shown every item); the other jobs do not depend on it"
+        )
     val_cut = ctx.cutoff - ctx.window
     fit_val, val = txn[txn["ts"] < val_cut], txn[(txn["ts"] >= val_cut) & (txn["ts"] < ctx.cutoff)]
     fit_test, test = txn[txn["ts"] < ctx.cutoff], txn[(txn["ts"] >= ctx.cutoff) & (txn["ts"] < ctx.cutoff + ctx.window)]

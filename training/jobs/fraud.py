@@ -19,7 +19,7 @@ from models.fraud import PointsFraudDetector, ledger_features
 from training import plots
 from training.datasets import context
 from training.evaluation.metrics import alert_metrics
-from training.jobs.common import JobResult, finish, log_metrics
+from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics
 from training.tracking import job_run, log_figure, log_table
 
 METRIC, MARGIN = "recall", 0.0
@@ -37,6 +37,11 @@ def score_holdout(model: PointsFraudDetector, holdout: pd.DataFrame) -> float:
 def run(settings: Settings, max_fpr: float = MAX_FPR, register_model: bool = True) -> JobResult:
     ctx = context(settings)
     ledger = load_curated(settings, "points_ledger")
+    if ledger.empty:
+        raise JobNotApplicable(
+            f"dataset {settings.dataset!r} has no points ledger: nothing to screen for points farming "
+            "(map one, or set `points: derive` in the mapping)"
+        )
     known_orders = pd.Index(load_curated(settings, "transactions")["order_id"].unique())
     X = ledger_features(ledger, known_orders, as_of=ctx.end)
     labelled = ctx.simulated
