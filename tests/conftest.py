@@ -48,11 +48,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_MEMBERS = 4000  # large enough for the uplift-vs-propensity comparison to be stable
 
 
-def run_cli(env: dict, *args: str, timeout: int = 600) -> str:
-    """``loyalty-ml ARGS`` in a subprocess with ``env`` on top of this one's; must succeed."""
+def run_cli_process(env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``loyalty-ml ARGS`` in a subprocess with ``env`` on top of this one's, whatever its exit."""
     import sys
 
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         env={**os.environ, **env},
         capture_output=True,
@@ -60,6 +60,11 @@ def run_cli(env: dict, *args: str, timeout: int = 600) -> str:
         timeout=timeout,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+def run_cli(env: dict, *args: str, timeout: int = 600) -> str:
+    """:func:`run_cli_process` that must succeed; its stdout."""
+    proc = run_cli_process(env, *args, timeout=timeout)
     assert proc.returncode == 0, f"loyalty-ml {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 

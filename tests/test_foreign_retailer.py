@@ -5,15 +5,12 @@ next-best-offer, with a clear outcome at each step."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_process
 
 MAPPING = """
 timezone: America/Sao_Paulo
@@ -43,18 +40,9 @@ tables:
 """
 
 
-def _cli(data_dir: Path, *args: str, ok: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def _cli(data_dir: Path, *args: str, ok: bool = True, timeout: int = 900):
     env = {"LOYALTY_DATA_DIR": str(data_dir), "LOYALTY_DATASET": "loja", "LOYALTY_TUNING_TRIALS": "2"}
-    if ok:
-        return run_cli(env, *args, timeout=timeout)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    return run_cli(env, *args, timeout=timeout) if ok else run_cli_process(env, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kernel.contracts import CONTRACTS
+from training.data.importer import empty_table, members_from_transactions
 from training.data.points import derive_points_ledger
-from training.data.tiers import tier_from_spend, tier_names
 
 DEFAULT_MARGIN_RATE = 0.3  # neither data set has margins; one documented assumption
 
@@ -46,36 +45,8 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _empty(table: str) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in CONTRACTS[table].to_schema().columns})
-
-
 def _reject(df: pd.DataFrame, mask: pd.Series, reason: str) -> pd.DataFrame:
     return df.loc[mask].assign(_reason=reason)
-
-
-def _members_from_transactions(txn: pd.DataFrame, end: pd.Timestamp, region: pd.Series | None) -> pd.DataFrame:
-    first = txn.groupby("member_id")["ts"].min()
-    last = txn.groupby("member_id")["ts"].max()
-    spend = txn.loc[txn["ts"] >= end - pd.Timedelta(days=365)].groupby("member_id")["amount"].sum()
-    ids = first.index
-    tiers = tier_names(tier_from_spend(spend.reindex(ids).fillna(0).to_numpy(), (end - last).dt.days.to_numpy()))
-    return pd.DataFrame(
-        {
-            "member_id": ids,
-            "join_date": first.to_numpy(),
-            "birthday_month": pd.array([pd.NA] * len(ids), dtype="Int64"),
-            "region": region.reindex(ids).fillna("unknown").to_numpy() if region is not None else "unknown",
-            "city_tier": pd.array([pd.NA] * len(ids), dtype="Int64"),
-            "tier": tiers,
-            # No consent records in public data: assumed for offline evaluation only.
-            "consent_personalisation": True,
-            "consent_push": True,
-            "consent_sms": True,
-            "consent_email": True,
-            "consent_updated_at": first.to_numpy(),
-        }
-    )
 
 
 def load_complete_journey(shared_dir: Path) -> AdapterOutput:
@@ -124,7 +95,7 @@ def load_complete_journey(shared_dir: Path) -> AdapterOutput:
         ]
     )
     first_seen = seen.groupby("member_id")["ts"].min().fillna(desc["start"].min())
-    members = _members_from_transactions(txn, end, None).set_index("member_id").reindex(first_seen.index)
+    members = members_from_transactions(txn, end, consent_assumed=True).set_index("member_id").reindex(first_seen.index)
     members["join_date"] = first_seen
     members["consent_updated_at"] = first_seen
     members["region"] = "unknown"
@@ -209,7 +180,7 @@ def load_complete_journey(shared_dir: Path) -> AdapterOutput:
             "exposures": exposures,
             "responses": responses,
             "points_ledger": ledger,
-            "engagement": _empty("engagement"),
+            "engagement": empty_table("engagement"),
         },
         rejected={"transactions": rejected_tx, "items": rejected_items},
         end=end,

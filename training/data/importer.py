@@ -329,7 +329,7 @@ def import_tables(source: str | Path, mapping: Mapping) -> ImportOutput:
             notes.append(f"{table}: not in the source, empty")
             continue
         tables[table], rejected[table] = map_table(raw, table, spec, mapping)
-        _require_fields(table, tables[table], spec)
+        _require_fields(table, tables[table])
         if len(raw) and tables[table].empty:
             top = rejected[table]["_reason"].value_counts()
             raise MappingError(
@@ -387,7 +387,7 @@ def derivation_notes(mapping: Mapping, tables: dict[str, pd.DataFrame]) -> list[
     return notes
 
 
-def _require_fields(table: str, df: pd.DataFrame, spec: TableMapping) -> None:
+def _require_fields(table: str, df: pd.DataFrame) -> None:
     types = field_types(table)
     required = [f for f, (_, nullable) in types.items() if not nullable and f not in HELPER_FIELDS.get(table, {})]
     missing = [f for f in required if f not in df.columns]
