@@ -87,6 +87,8 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
             colour = {"done": "green", "skipped": "yellow", "failed": "red"}[outcome]
             summary.add_row(name, f"[{colour}]{outcome}[/{colour}]", f"{seconds:.0f}", escape(reason))
         console.print(summary)
+        if not results:
+            console.print("[yellow]no model trained:[/yellow] the service answers with its default policies (see reasons)")
         if any(o == "failed" for _, o, _, _ in outcomes):
             raise typer.Exit(code=1)
     return results

@@ -121,3 +121,55 @@ def test_a_foreign_retailer_from_export_to_a_served_next_best_offer(export, tmp_
     assert answer.offers and {o.offer_id for o in answer.offers} <= {"CUPOM10", "FRETE", "BRINDE"}
     # no offer model was trained here: the default order, said so in every reason
     assert all(o.reason_codes == ["popular_offer"] for o in answer.offers)
+
+
+ONE_PURCHASE_MAPPING = """
+consent: assumed
+points: from_data
+tables:
+  transactions:
+    source: orders.csv
+    constants: {channel: online, store_id: null}
+    derive: {amount: quantity * unit_price}
+  items:
+    from_transactions: true
+    derive: {category_l1: {of: description, last_words: 1}}
+"""
+
+
+def test_members_with_one_purchase_and_no_ledger_skip_every_job_with_the_reason(shared_data, tmp_path):
+    """A one-off shop (each member's first order only) exported without a points ledger."""
+    raw = pd.read_parquet(shared_data / "online_retail" / "online_retail_2010_2011.parquet")
+    raw = raw.loc[raw["CustomerID"].notna() & (raw["Quantity"] > 0) & ~raw["InvoiceNo"].astype(str).str.startswith("C")]
+    raw = raw.loc[raw["InvoiceDate"] == raw.groupby("CustomerID")["InvoiceDate"].transform("min")]
+    raw = raw.loc[raw["CustomerID"].isin(raw["CustomerID"].drop_duplicates().sample(800, random_state=0))]
+    export = tmp_path / "export"
+    export.mkdir()
+    pd.DataFrame(
+        {
+            "order_id": raw["InvoiceNo"].astype(str),
+            "member_id": raw["CustomerID"].astype("Int64").astype("string"),
+            "item_id": raw["StockCode"],
+            "quantity": raw["Quantity"],
+            "unit_price": raw["UnitPrice"],
+            "ts": raw["InvoiceDate"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "description": raw["Description"],
+        }
+    ).to_csv(export / "orders.csv", index=False)
+    (export / "mapping.yaml").write_text(ONE_PURCHASE_MAPPING)
+    data = tmp_path / "data"
+    out = _cli(
+        data, "data", "import", "--dataset", "loja", "--source", str(export), "--mapping", str(export / "mapping.yaml")
+    )
+    assert "points_ledger" not in out or "derived" not in out
+    _cli(data, "data", "validate")
+    for step in (["features", "build"], ["features", "apply"], ["features", "materialize"]):
+        _cli(data, *step)
+    trained = _cli(data, "train", "all", ok=False)
+    text = " ".join(trained.stdout.split())  # the table wraps long reasons
+    assert trained.returncode == 0 and "Traceback" not in trained.stdout + trained.stderr
+    assert "skipped cf: no member bought both before and in the validation window" in text
+    assert "skipped churn: no member bought again within label_window_days=90 in the training snapshots" in text
+    assert "skipped clv: no member bought again" in text
+    assert "skipped fraud: dataset 'loja' has no points ledger" in text
+    assert "no model trained" in text and "done" not in text.split("outcome per job")[1]

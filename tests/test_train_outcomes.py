@@ -61,3 +61,16 @@ def test_a_label_window_longer_than_the_history_names_the_setting():
         HistoryTooShort, match=r"label_window_days=90 .*182 days.*LOYALTY_LABEL_WINDOW_DAYS \(at most 59"
     ):
         check_history(meta, end - pd.Timedelta(days=90), pd.Timedelta(days=90), 90)
+
+
+def test_labels_without_repeat_buyers_or_without_churners_skip_with_the_setting():
+    from training.datasets import require_repeat_buyers
+
+    once = pd.DataFrame({"churned": [1, 1, 1]})
+    with pytest.raises(JobNotApplicable, match=r"no member bought again within label_window_days=90.*one purchase"):
+        require_repeat_buyers(once, 90, "training snapshots")
+    loyal = pd.DataFrame({"churned": [0, 0]})
+    with pytest.raises(JobNotApplicable, match="every member bought again.*shorter LOYALTY_LABEL_WINDOW_DAYS"):
+        require_repeat_buyers(loyal, 90, "holdout window")
+    require_repeat_buyers(loyal, 90, "holdout window", need_churners=False)  # value labels need no churners
+    require_repeat_buyers(pd.DataFrame({"churned": [0, 1]}), 90, "training snapshots")

@@ -55,6 +55,10 @@ def context(settings: Settings) -> TrainingContext:
     )
 
 
+class JobNotApplicable(Exception):
+    """The dataset lacks what a job needs (e.g. no campaign exposures); ``train all`` skips it."""
+
+
 class HistoryTooShort(ValueError):
     """The data's history cannot hold the training, validation and test windows: a setting to lower."""
 
@@ -110,6 +114,22 @@ def cutoff_labels(ctx: TrainingContext, n_snapshots: int) -> tuple[list[pd.Times
     order_table = orders(ctx.settings)
     times = training_times(ctx, n_snapshots)
     return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
+
+
+def require_repeat_buyers(labels: pd.DataFrame, window_days: int, where: str, need_churners: bool = True) -> None:
+    """Value labels need members who bought again within a window; churn labels also some who did not."""
+    bought_again = int((labels["churned"] == 0).sum())
+    if bought_again == 0:
+        raise JobNotApplicable(
+            f"no member bought again within label_window_days={window_days} in the {where}: members with one "
+            "purchase each give no churn or value signal; import more history, or a longer "
+            "LOYALTY_LABEL_WINDOW_DAYS if the history holds it"
+        )
+    if need_churners and bought_again == len(labels):
+        raise JobNotApplicable(
+            f"every member bought again within label_window_days={window_days} in the {where}: no churn to learn; "
+            "a shorter LOYALTY_LABEL_WINDOW_DAYS gives both outcomes"
+        )
 
 
 def with_features(ctx: TrainingContext, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:

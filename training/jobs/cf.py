@@ -130,6 +130,12 @@ def run(
     future_val = val.groupby("member_id")["item_id"].agg(set)
     future_test = test.groupby("member_id")["item_id"].agg(set)
     val_members, test_members = eval_members(fit_val, val), eval_members(fit_test, test)
+    if not val_members or not test_members:
+        window = "validation" if not val_members else "test"
+        raise JobNotApplicable(
+            f"no member bought both before and in the {window} window (label_window_days="
+            f"{settings.label_window_days}): members with one purchase each leave CF nothing to learn or evaluate"
+        )
 
     # the cold-start segment (tier) is the one feature CF reads from Feast, through the member service
     with job_run(settings, "cf", ONLINE_FEATURE_SERVICE, [SEGMENT_FEATURE], cutoff=ctx.cutoff.date()) as run:

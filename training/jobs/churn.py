@@ -9,7 +9,7 @@ import pandas as pd
 from kernel.settings import Settings
 from models.churn import ChurnModel
 from training import plots
-from training.datasets import context, cutoff_labels, feature_refs, with_features
+from training.datasets import context, cutoff_labels, feature_refs, require_repeat_buyers, with_features
 from training.distributed import dask_client
 from training.evaluation.metrics import classification_metrics, lift_table
 from training.jobs.common import JobResult, finish, log_metrics, model_input
@@ -41,6 +41,8 @@ def run(
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
+    require_repeat_buyers(train_labels, settings.label_window_days, "training snapshots")
+    require_repeat_buyers(test_labels, settings.label_window_days, "holdout window")
     with job_run(settings, "churn", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
         mlflow.log_params(
             {

@@ -8,7 +8,7 @@ import pandas as pd
 from kernel.settings import Settings
 from models.clv import CLVModel
 from training import plots
-from training.datasets import context, cutoff_labels, feature_refs, with_features
+from training.datasets import context, cutoff_labels, feature_refs, require_repeat_buyers, with_features
 from training.evaluation.metrics import value_metrics
 from training.jobs.churn import features_only
 from training.jobs.common import JobResult, finish, log_metrics, model_input
@@ -25,6 +25,8 @@ def score_holdout(model: CLVModel, holdout: pd.DataFrame) -> float:
 def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, register_model: bool = True) -> JobResult:
     ctx = context(settings)
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
+    require_repeat_buyers(train_labels, settings.label_window_days, "training snapshots", need_churners=False)
+    require_repeat_buyers(test_labels, settings.label_window_days, "holdout window", need_churners=False)
     with job_run(settings, "clv", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
         mlflow.log_params(
             {

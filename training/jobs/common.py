@@ -8,12 +8,11 @@ import mlflow
 import pandas as pd
 
 from kernel.settings import Settings
+from training.datasets import JobNotApplicable
 from training.registry import Decision, register, save_holdout
 from training.tracking import log_datasets, log_model
 
-
-class JobNotApplicable(Exception):
-    """The dataset lacks what the job needs (e.g. no campaign exposures); ``train all`` skips it."""
+__all__ = ["JobNotApplicable", "JobResult", "finish", "log_metrics", "model_input"]
 
 
 @dataclass
