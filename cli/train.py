@@ -88,7 +88,7 @@ def _train(settings: Settings, jobs: list[str], **options) -> dict:
             summary.add_row(name, f"[{colour}]{outcome}[/{colour}]", f"{seconds:.0f}", escape(reason))
         console.print(summary)
         if not results:
-            console.print("[yellow]no model trained:[/yellow] the service answers with its default policies (see reasons)")
+            console.print("[yellow]no model trained:[/yellow] the service answers with its defaults (see the reasons)")
         if any(o == "failed" for _, o, _, _ in outcomes):
             raise typer.Exit(code=1)
     return results

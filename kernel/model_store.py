@@ -44,6 +44,10 @@ def load_estimator(name: str, alias_or_version: str):
     return mlflow.pyfunc.load_model(f"models:/{name}{ref}").unwrap_python_model().estimator
 
 
+# what the registry answers for a model never registered, or registered without a champion
+NOT_REGISTERED = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 @dataclass
 class Champions:
     """The loaded champion of each job, its version, and why a missing one is missing."""
@@ -51,6 +55,7 @@ class Champions:
     models: dict = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    untrained: set[str] = field(default_factory=set)  # never given a champion: served by the default policy
 
 
 def load_champions(settings: Settings, jobs: tuple[str, ...] = SERVED_JOBS) -> Champions:
@@ -59,12 +64,17 @@ def load_champions(settings: Settings, jobs: tuple[str, ...] = SERVED_JOBS) -> C
     client = MlflowClient()
     out = Champions()
     for job in jobs:
-        name = settings.model_name(job)
+        name, version = settings.model_name(job), None
         try:
             version = client.get_model_version_by_alias(name, CHAMPION).version
             out.models[job] = load_estimator(name, version)
             out.versions[job] = version
         except Exception as err:  # reported by /readyz and in answers
+            if isinstance(err, MlflowException) and err.error_code in NOT_REGISTERED and version is None:
+                # e.g. no campaigns, so no offer model: a state of the data, not a fault
+                out.errors[job] = "no champion registered: answers use the default policy"
+                out.untrained.add(job)
+                continue
             out.errors[job] = f"{type(err).__name__}: {err}"
             log.warning("no champion for %s: %s", name, err)
     return out

@@ -92,6 +92,7 @@ class DecisionRuntime:
         """Load every served ``champion``; a missing one degrades its endpoint, never crashes the service."""
         champions = load_champions(self.settings, SERVED_JOBS)
         self.models, self.model_versions, self.model_errors = champions.models, champions.versions, champions.errors
+        self.untrained = champions.untrained
         uplift = self.models.get("uplift")
         self.pair_encoder = PairEncoder(uplift.features_, self.offers) if uplift is not None else None
 
@@ -138,11 +139,16 @@ class DecisionRuntime:
         return int(self.end.timestamp()) if self.settings.serving_clock == "dataset" else int(time.time())
 
     def ready(self) -> dict:
-        """Each component and its status (what ``/readyz`` and ``/healthz`` answer); ``ready`` if all are ok."""
+        """Each component and its status (what ``/readyz`` and ``/healthz`` answer); ``ready`` if all
+        are ok. A model never trained (``default``: e.g. no campaigns, no offer model) is served by
+        its documented default and does not hold readiness back; one that fails to load does."""
         models = {
             job: {"status": "ok", "version": self.model_versions.get(job)}
             if job in self.models
-            else {"status": "missing", "error": self.model_errors.get(job, "not loaded")}
+            else {
+                "status": "default" if job in self.untrained else "missing",
+                "error": self.model_errors.get(job, "not loaded"),
+            }
             for job in SERVED_JOBS
         }
         _, degraded = self.read_features(["__readiness_probe__"], self.now(None))
@@ -151,7 +157,7 @@ class DecisionRuntime:
             "feature_store": {"status": "unavailable" if degraded else "ok"},
             "state_store": {"status": "ok" if self.state.ping() else "unavailable"},
         }
-        ready = all(m["status"] == "ok" for m in models.values())
+        ready = all(m["status"] in ("ok", "default") for m in models.values())
         ready = ready and components["feature_store"]["status"] == components["state_store"]["status"] == "ok"
         return {"ready": ready, "version": __version__, "components": components}
 
@@ -273,6 +279,8 @@ class DecisionRuntime:
         personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in self.models
         if member is not None and not member.get("consent_personalisation"):
             notes.append("no consent for personalisation: non-personalised default")
+        elif member is not None and "uplift" not in self.models:
+            notes.append("no offer model (none trained, e.g. no campaigns yet): non-personalised default")
         candidates: list[dict] = []
         if personalise:
             # every offer of the catalogue in one matrix, one predict per booster; then arrays only
@@ -628,7 +636,7 @@ def _benefit(r: dict, score: float, reasons: list[str]) -> Benefit:
         kind=r["kind"],
         scene_dimension=r["scene_dimension"],
         value_dimension=r["value_dimension"],
-        category=r["category_l1"],
+        category=r["category_l1"] if isinstance(r["category_l1"], str) else None,  # None: every category
         cost=float(r["cost"]),
         score=round(float(score), 4),
         reasons=list(reasons),

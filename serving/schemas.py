@@ -107,7 +107,7 @@ class Benefit(BaseModel):
     kind: str
     scene_dimension: str
     value_dimension: str
-    category: str
+    category: str | None = Field(None, description="the category the benefit applies to; null: every category")
     cost: float
     score: float
     reasons: list[str]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import anyio
 import bentoml
-from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InternalServerError, InvalidArgument, ServiceUnavailable
 from pydantic import Field, ValidationError
 
 from kernel import __version__
@@ -68,6 +68,16 @@ def _field(loc) -> str:
     for part in loc or ():
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
+
+
+def own_answer(build, *args):
+    """``build(*args)``; an answer that fails its own schema is the service's fault: a 500, not
+    the 4xx BentoML gives every pydantic error (which would tell the client to fix its request)."""
+    try:
+        return build(*args)
+    except ValidationError as err:
+        fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in err.errors()}))
+        raise InternalServerError(f"the answer failed its schema ({err.title}: {fields})") from err
 
 
 class UserErrorLogs(logging.Filter):
@@ -219,7 +229,7 @@ class LoyaltyDecisionService:
         """Ranked offers with expected incremental value, reason codes and the decision trace."""
         self._check_ts(ts)
         context = {"store_id": store_id, "region": region, "category": category}
-        return self.runtime.next_best_offer(member_id, channel, ts, max_results, category, context)
+        return own_answer(self.runtime.next_best_offer, member_id, channel, ts, max_results, category, context)
 
     @bentoml.api
     def next_best_offer_batch(
@@ -231,7 +241,7 @@ class LoyaltyDecisionService:
     ) -> list[NextBestOfferResponse]:
         """The same decision for a campaign list (no budget; see ``loyalty-ml score-batch`` for one)."""
         self._check_ts(ts)
-        return [self.runtime.next_best_offer(m, channel, ts, max_results) for m in member_ids]
+        return [own_answer(self.runtime.next_best_offer, m, channel, ts, max_results) for m in member_ids]
 
     @bentoml.api
     def personalized_benefits(
@@ -242,13 +252,13 @@ class LoyaltyDecisionService:
     ) -> BenefitsResponse:
         """Benefits catalogue ranked for the member (CF affinity, spend, dimension fit, cost), eligible only."""
         self._check_ts(ts)
-        return self.runtime.personalized_benefits(member_id, max_results, ts)
+        return own_answer(self.runtime.personalized_benefits, member_id, max_results, ts)
 
     @bentoml.api
     def churn_risk(self, member_id: str = MemberId, ts: UnixTime | None = Timestamp) -> ChurnRiskResponse:
         """Calibrated churn probability, band, top drivers, health quadrant and suggested action."""
         self._check_ts(ts)
-        return self.runtime.churn_risk([member_id], ts)[0]
+        return own_answer(self.runtime.churn_risk, [member_id], ts)[0]
 
     @bentoml.api
     def churn_risk_batch(
@@ -259,7 +269,7 @@ class LoyaltyDecisionService:
         """Up to 500 members in one call, read and scored together (``loyalty-ml score-churn`` for a
         whole programme)."""
         self._check_ts(ts)
-        return self.runtime.churn_risk([str(m) for m in member_ids], ts)
+        return own_answer(self.runtime.churn_risk, [str(m) for m in member_ids], ts)
 
     @bentoml.api
     def recommendations(
@@ -273,7 +283,9 @@ class LoyaltyDecisionService:
     ) -> RecommendationsResponse:
         """Top-k items from the CF champion, owned items excluded, category filters applied."""
         self._check_ts(ts)
-        return self.runtime.recommendations(member_id, k, ts, include_categories, exclude_categories, history)
+        return own_answer(
+            self.runtime.recommendations, member_id, k, ts, include_categories, exclude_categories, history
+        )
 
     @bentoml.api
     def feedback(self, events: list[FeedbackEvent] = Field(min_length=1, max_length=5000)) -> FeedbackAck:
@@ -284,7 +296,7 @@ class LoyaltyDecisionService:
         for i, e in enumerate(events):
             self._check_ts(e.ts, f"events[{i}].ts")
         try:
-            return self.runtime.feedback([e.model_dump() for e in events])
+            return own_answer(self.runtime.feedback, [e.model_dump() for e in events])
         except StateUnavailable as err:
             raise ServiceUnavailable(f"{err}; nothing stored, retry with the same event ids") from err
 

@@ -116,11 +116,22 @@ def test_a_foreign_retailer_from_export_to_a_served_next_best_offer(export, tmp_
 
     settings = Settings(data_dir=data, dataset="loja")
     member = load_curated(settings, "members")["member_id"].iat[0]
-    answer = DecisionRuntime(settings).next_best_offer(member, "app", None, 3)
+    runtime = DecisionRuntime(settings)
+    # no campaigns, so never an offer model: served by its default, which does not hold readiness back
+    ready = runtime.ready()
+    assert ready["ready"] is True, ready
+    assert ready["components"]["models"]["uplift"]["status"] == "default"
+    assert ready["components"]["models"]["churn"] == {"status": "ok", "version": 1}
+    answer = runtime.next_best_offer(member, "app", None, 3)
     assert not answer.degraded and not answer.cold_start
     assert answer.offers and {o.offer_id for o in answer.offers} <= {"CUPOM10", "FRETE", "BRINDE"}
     # no offer model was trained here: the default order, said so in every reason
     assert all(o.reason_codes == ["popular_offer"] for o in answer.offers)
+    assert answer.notes == ["no offer model (none trained, e.g. no campaigns yet): non-personalised default"]
+    # FRETE applies to every category (none given): a benefit without one, not a schema error
+    benefits = runtime.personalized_benefits(member, 5, None).benefits
+    assert {b.offer_id: b.category for b in benefits}.get("FRETE", "absent") in (None, "absent")
+    assert {b.category for b in benefits} & {None, "HOLDER", "BAG"}
 
 
 ONE_PURCHASE_MAPPING = """

@@ -202,6 +202,36 @@ def test_members_are_versioned_by_their_consent_time(tmp_path):
     assert counts == {"b0001": {"updated": 1}, "b0002": {"conflicts": 1}}
 
 
+@pytest.mark.unit
+def test_a_partial_members_table_keeps_its_consent_and_is_completed_from_the_transactions(tmp_path):
+    """A CRM export with only ids and consent: join date, tier and region come from the sales;
+    a buyer without a CRM row gets no consent; a CRM row that never bought is quarantined."""
+    crm = pd.DataFrame({"Kunde": ["7", "99"], "Werbung": ["ja", "ja"], "Stand": ["2024-01-02"] * 2})
+    mapping = MAPPING.replace(
+        "  members: {from_transactions: true}",
+        """  members:
+    source: crm.csv
+    from_transactions: true
+    columns: {member_id: Kunde, consent_personalisation: Werbung, consent_updated_at: Stand}
+    derive: {consent_email: consent_personalisation}""",
+    )
+    folder = _export(tmp_path / "export", mapping=mapping)
+    crm.assign(Werbung=crm["Werbung"].map({"ja": "true", "nein": "false"})).to_csv(folder / "crm.csv", index=False)
+    settings = _settings(tmp_path)
+    notes = import_dataset(settings, folder, folder / "mapping.yaml")["notes"]
+    assert any(n.startswith("members: fields the export lacks filled from the transactions") for n in notes)
+    report = validate_dataset(settings)
+    members = pd.read_parquet(settings.curated_dir / "members.parquet").set_index("member_id")
+    assert members["consent_personalisation"].to_dict() == {"7": True, "8": False}
+    assert members.loc["7", "consent_email"] and not members.loc["8", "consent_email"]
+    assert members.loc["8", "region"] == "AT" and members.loc["7", "join_date"] == pd.Timestamp("2024-01-03 08:15")
+    assert members.loc["7", "consent_updated_at"] == pd.Timestamp("2024-01-01 23:00")  # Berlin midnight, in UTC
+    assert members["batch_id"].to_dict() == {"7": "b0001", "8": "derived"}
+    assert report["members"]["quarantined_contract"] == 1  # 99 never bought: no join date, kept in quarantine
+    quarantined = pd.read_parquet(settings.quarantine_dir / "members__contract.parquet")
+    assert quarantined["member_id"].tolist() == ["99"] and "join_date" in quarantined["_reason"].iat[0]
+
+
 def test_cli_import_template_and_clear_errors(tmp_path):
     runner = CliRunner()
     base = ["--data-dir", str(tmp_path / "data")]

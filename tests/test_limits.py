@@ -82,3 +82,19 @@ def test_bodies_over_the_limit_get_413_whether_declared_or_streamed():
         assert limits.in_flight == 0
 
     asyncio.run(scenario())
+
+
+def test_an_answer_that_fails_its_own_schema_is_a_500_not_a_4xx():
+    from bentoml.exceptions import InternalServerError
+
+    from serving.schemas import Benefit
+    from serving.service import own_answer
+
+    def broken():
+        return Benefit(offer_id="O1", kind="coupon", scene_dimension="need", value_dimension="material",
+                       category=3.5, cost=1.0, score=0.0, reasons=[])  # fmt: skip
+
+    with pytest.raises(InternalServerError, match=r"failed its schema.*category") as err:
+        own_answer(broken)
+    assert err.value.error_code == 500
+    assert own_answer(lambda a, b: a + b, 1, 2) == 3

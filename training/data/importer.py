@@ -318,7 +318,7 @@ def import_tables(source: str | Path, mapping: Mapping) -> ImportOutput:
     rejected: dict[str, pd.DataFrame] = {}
     for table in CONTRACTS:
         spec = mapping.tables.get(table)
-        if spec is None or spec.from_transactions:
+        if spec is None or (spec.from_transactions and spec.source is None and spec.query is None):
             if spec is None and table not in ("members", "items", "points_ledger"):
                 notes.append(f"{table}: not in the mapping, empty")
             continue
@@ -329,7 +329,8 @@ def import_tables(source: str | Path, mapping: Mapping) -> ImportOutput:
             notes.append(f"{table}: not in the source, empty")
             continue
         tables[table], rejected[table] = map_table(raw, table, spec, mapping)
-        _require_fields(table, tables[table])
+        # a partial table (e.g. members' consent from a CRM) is completed from the transactions
+        _require_fields(table, tables[table], only_key=spec.from_transactions)
         if len(raw) and tables[table].empty:
             top = rejected[table]["_reason"].value_counts()
             raise MappingError(
@@ -346,50 +347,87 @@ def import_tables(source: str | Path, mapping: Mapping) -> ImportOutput:
     return ImportOutput(tables, rejected, txn["ts"].max().normalize() + pd.Timedelta(days=1), notes)
 
 
-def complete_tables(tables: dict[str, pd.DataFrame], mapping: Mapping) -> tuple[dict[str, pd.DataFrame], list[str]]:
+def complete_tables(
+    tables: dict[str, pd.DataFrame], mapping: Mapping, keep: str | None = None
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Build what the export lacks from the transactions (members, items, the points ledger),
-    with a note each, and reduce every table to its contract's columns."""
+    with a note each, and reduce every table to its contract's columns (and ``keep``, e.g. the
+    batch column, missing on built rows)."""
     notes = derivation_notes(mapping, tables)
     tables = dict(tables)
     txn = tables["transactions"]
     end = txn["ts"].max().normalize() + pd.Timedelta(days=1)
     members_spec = mapping.tables.get("members")
     if members_spec is None or members_spec.from_transactions:
-        tables["members"] = members_from_transactions(txn, end, consent_assumed=mapping.consent == "assumed")
-    elif mapping.consent == "assumed":
+        built = members_from_transactions(txn, end, consent_assumed=mapping.consent == "assumed")
+        tables["members"] = fill_from(tables.get("members"), built, "member_id")
+    if mapping.consent == "assumed":
         for c in CONSENTS:
             tables["members"][c] = True
     items_spec = mapping.tables.get("items")
     if items_spec is None or items_spec.from_transactions:
-        tables["items"] = items_from_transactions(txn, items_spec or TableMapping(), mapping.margin_rate)
+        built = items_from_transactions(txn, items_spec or TableMapping(), mapping.margin_rate)
+        tables["items"] = fill_from(tables.get("items"), built, "item_id")
     if (tables.get("points_ledger") is None or tables["points_ledger"].empty) and mapping.points == "derive":
         ledger = derive_points_ledger(_contract_columns("transactions", txn), None, end)
         tables["points_ledger"] = ledger.drop(columns="fraud")
     for table in CONTRACTS:
-        tables[table] = _contract_columns(table, tables[table]) if table in tables else empty_table(table)
+        tables[table] = _contract_columns(table, tables[table], keep) if table in tables else empty_table(table)
     return tables, notes
+
+
+def fill_from(given: pd.DataFrame | None, built: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The export's partial table completed by the one built from the transactions: its values
+    win, its gaps are filled, keys only the transactions know are added. Keys only the export
+    knows keep their gaps, so validation quarantines them with the field that is missing."""
+    if given is None or given.empty:
+        return built
+    merged = given.merge(built, on=key, how="outer", suffixes=("", "__built"), sort=False)
+    for col in built.columns.drop(key):
+        if col in given.columns:
+            merged[col] = merged[col].where(merged[col].notna(), merged.pop(f"{col}__built"))
+    return merged
 
 
 def derivation_notes(mapping: Mapping, tables: dict[str, pd.DataFrame]) -> list[str]:
     """What :func:`complete_tables` builds or assumes for these tables, one note each."""
     notes = []
     members, items = mapping.tables.get("members"), mapping.tables.get("items")
-    if members is None or members.from_transactions:
+    partial = {
+        t: s is not None and s.from_transactions and (s.source or s.query)
+        for t, s in (("members", members), ("items", items))
+    }
+    if partial["members"]:
+        notes.append(
+            "members: fields the export lacks filled from the transactions (join = first purchase, tier from "
+            "12-month spend); buyers without a member row get no consent"
+        )
+    elif members is None or members.from_transactions:
         notes.append("members: built from the transactions (join = first purchase, tier from 12-month spend)")
         if mapping.consent != "assumed":
             notes.append("members: no consent records, so no consent (nothing personalised or sent)")
     if mapping.consent == "assumed":
         notes.append("consent: no records, assumed for offline evaluation only (never serve this to members)")
-    if items is None or items.from_transactions:
+    if partial["items"]:
+        notes.append(
+            f"items: fields the export lacks filled from the transactions (median price, margin_rate "
+            f"{mapping.margin_rate})"
+        )
+    elif items is None or items.from_transactions:
         notes.append(f"items: built from the transactions (median price, margin_rate {mapping.margin_rate})")
     if (tables.get("points_ledger") is None or tables["points_ledger"].empty) and mapping.points == "derive":
         notes.append("points_ledger: derived with the programme's rule (1 point per currency unit, no burns)")
     return notes
 
 
-def _require_fields(table: str, df: pd.DataFrame) -> None:
+KEYS = {"members": "member_id", "items": "item_id"}
+
+
+def _require_fields(table: str, df: pd.DataFrame, only_key: bool = False) -> None:
     types = field_types(table)
     required = [f for f, (_, nullable) in types.items() if not nullable and f not in HELPER_FIELDS.get(table, {})]
+    if only_key:
+        required = [KEYS[table]]
     missing = [f for f in required if f not in df.columns]
     if missing:
         raise MappingError(
@@ -397,8 +435,8 @@ def _require_fields(table: str, df: pd.DataFrame) -> None:
         )
 
 
-def _contract_columns(table: str, df: pd.DataFrame) -> pd.DataFrame:
-    cols = list(CONTRACTS[table].to_schema().columns)
+def _contract_columns(table: str, df: pd.DataFrame, keep: str | None = None) -> pd.DataFrame:
+    cols = list(CONTRACTS[table].to_schema().columns) + ([keep] if keep and keep in df.columns else [])
     out = df.copy()
     for c in cols:
         if c not in out.columns:

@@ -287,11 +287,10 @@ def validate_dataset(settings: Settings) -> dict:
     notes: list[str] = []
     if imported:
         mapping = Mapping.model_validate(meta["mapping"])
-        batch_of = {t: df[BATCH_COLUMN] for t, df in raw_tables.items()}
-        completed, notes = complete_tables(raw_tables, mapping)
+        completed, notes = complete_tables(raw_tables, mapping, keep=BATCH_COLUMN)
         for table, df in completed.items():
-            batches = batch_of.get(table)
-            raw_tables[table] = df.assign(**{BATCH_COLUMN: batches.to_numpy() if batches is not None else "derived"})
+            batches = df[BATCH_COLUMN].fillna("derived") if BATCH_COLUMN in df else "derived"
+            raw_tables[table] = df.assign(**{BATCH_COLUMN: batches})
     report: dict[str, dict] = {}
     curated: dict[str, pd.DataFrame] = {}
     per_batch: dict[str, dict[str, dict[str, int]]] = {}
@@ -333,7 +332,8 @@ def validate_dataset(settings: Settings) -> dict:
             "reasons": _top_reasons(result.quarantined, orphans),
         }
         # the no-silent-drop invariant: every row read is kept, skipped as a duplicate, replaced, or quarantined
-        if n_read != len(raw) + skipped + updated + n_conflicts and table in dedup:
+        derived = int((raw[BATCH_COLUMN] == "derived").sum())  # rows built from the transactions, none read
+        if n_read + derived != len(raw) + skipped + updated + n_conflicts and table in dedup:
             raise ContractError(f"{table}: rows lost in deduplication")
         if len(raw) != len(valid) + len(result.quarantined) + n_orphans:
             raise ContractError(f"{table}: rows lost in validation")

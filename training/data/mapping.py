@@ -223,6 +223,7 @@ tables:
         where: {field: quantity, le: 0}
   members:
     from_transactions: true           # first purchase = join date, tier from 12-month spend
+    # source: crm.csv                 # with it, your rows (ids + consent) win; gaps come from the sales
   items:
     from_transactions: true           # price = median unit price
     derive:
