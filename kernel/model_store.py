@@ -53,9 +53,24 @@ class Champions:
     """The loaded champion of each job, its version, and why a missing one is missing."""
 
     models: dict = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     untrained: set[str] = field(default_factory=set)  # never given a champion: served by the default policy
+
+
+def champion_versions(settings: Settings, jobs: tuple[str, ...] = SERVED_JOBS) -> dict[str, int | None]:
+    """Each job's current ``champion`` version (None: none registered); registry errors raise."""
+    use_tracking_store(settings)
+    client = MlflowClient()
+    out: dict[str, int | None] = {}
+    for job in jobs:
+        try:
+            out[job] = int(client.get_model_version_by_alias(settings.model_name(job), CHAMPION).version)
+        except MlflowException as err:
+            if err.error_code not in NOT_REGISTERED:
+                raise
+            out[job] = None
+    return out
 
 
 def load_champions(settings: Settings, jobs: tuple[str, ...] = SERVED_JOBS) -> Champions:
@@ -66,7 +81,7 @@ def load_champions(settings: Settings, jobs: tuple[str, ...] = SERVED_JOBS) -> C
     for job in jobs:
         name, version = settings.model_name(job), None
         try:
-            version = client.get_model_version_by_alias(name, CHAMPION).version
+            version = int(client.get_model_version_by_alias(name, CHAMPION).version)
             out.models[job] = load_estimator(name, version)
             out.versions[job] = version
         except Exception as err:  # reported by /readyz and in answers

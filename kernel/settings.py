@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # answers 503 with Retry-After at once rather than queueing until reads time out
     serving_queue_limit: int = Field(32, ge=1)
     max_body_bytes: int = Field(2_000_000, ge=1024)  # larger request bodies get 413
+    # how often a running service asks the registry whether a champion alias moved (0: never);
+    # a moved one is loaded beside the old and swapped in whole, no restart
+    model_refresh_seconds: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_secrets(self) -> Settings:

@@ -16,13 +16,14 @@ from prometheus_client import Counter
 
 from features.on_demand import days_since_last_purchase
 from features.store import get_store, read_latest, service_views, serving_feature_refs, serving_rows
+from features.views import NO_TTL_VIEWS
 from kernel import __version__
 from kernel.constants import CONTACT_CHANNELS, MEMBER_ID, ONLINE_FEATURE_SERVICE, REALTIME_VIEW, SERVED_JOBS
 from kernel.curated import exposures_with_responses, load_curated, read_meta
-from kernel.model_store import load_champions
+from kernel.model_store import champion_versions, load_champions, load_estimator
 from kernel.settings import Settings
-from models.uplift import PairEncoder
 from serving import decisions
+from serving.champions import ServedModels, Watcher, swapped
 from serving.schemas import (
     Benefit,
     BenefitsResponse,
@@ -73,28 +74,37 @@ class DecisionRuntime:
         self.start = pd.Timestamp(meta["start"]) if meta.get("start") else self._first_join()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="features")
         self.rng = rng if rng is not None else np.random.default_rng(settings.seed)
-        self.models: dict = {}
-        self.model_versions: dict[str, str] = {}
-        self.model_errors: dict[str, str] = {}
-        self.pair_encoder: PairEncoder | None = None
+        # the champions, read once per request (a promotion replaces the whole bundle: see refresh_models)
+        self.served = ServedModels()
         self.use_catalogue(load_curated(settings, "offers"))
         if load_models:
             self.load_models()
-        # category of each CF item, aligned with the model's item index (business filters per request)
-        self.cf_item_category = (
-            self.item_category.reindex(self.models["cf"].items_).to_numpy() if "cf" in self.models else None
-        )
         self.item_category_of = self.item_category.to_dict()
         self._warm_up()
 
     # ------------------------------------------------------------------ setup
+    @property
+    def models(self) -> dict:
+        return self.served.models
+
     def load_models(self) -> None:
         """Load every served ``champion``; a missing one degrades its endpoint, never crashes the service."""
-        champions = load_champions(self.settings, SERVED_JOBS)
-        self.models, self.model_versions, self.model_errors = champions.models, champions.versions, champions.errors
-        self.untrained = champions.untrained
-        uplift = self.models.get("uplift")
-        self.pair_encoder = PairEncoder(uplift.features_, self.offers) if uplift is not None else None
+        self.served = ServedModels.build(load_champions(self.settings, SERVED_JOBS), self.offers, self.item_category)
+
+    def refresh_models(self) -> list[str]:
+        """Swap in every champion whose registry alias moved since it was loaded (the new model
+        is loaded beside the old, then the bundle is replaced in one assignment); the jobs swapped."""
+        current = champion_versions(self.settings, SERVED_JOBS)
+
+        def load(job: str, version: int):
+            return load_estimator(self.settings.model_name(job), str(version))
+
+        self.served, moved = swapped(self.served, current, load, self.offers, self.item_category)
+        return moved
+
+    def watch_models(self, interval: float) -> Watcher | None:
+        """Poll the registry every ``interval`` seconds (0: never) on a daemon thread."""
+        return Watcher(self.refresh_models, interval).start() if interval > 0 else None
 
     def use_catalogue(self, offers: pd.DataFrame) -> None:
         """Serve this offer catalogue: its arrays are prepared once here, so that the request
@@ -109,8 +119,8 @@ class DecisionRuntime:
         self.default_ranking = self._default_ranking()  # the non-personalised order
         self.default_positions = [self.offer_position[o] for o in self.default_ranking["offer_id"]]
         self.default_rates = self.default_ranking["redemption_rate"].to_numpy(dtype=float)
-        uplift = self.models.get("uplift")
-        self.pair_encoder = PairEncoder(uplift.features_, offers) if uplift is not None else None
+        if self.served.models:  # the offer-pair encoder belongs to both the model and the catalogue
+            self.served = ServedModels.build(self.served.as_champions(), offers, self.item_category)
 
     def _warm_up(self) -> None:
         """First reads load the Feast registry and connections: do it before taking traffic."""
@@ -142,24 +152,44 @@ class DecisionRuntime:
         """Each component and its status (what ``/readyz`` and ``/healthz`` answer); ``ready`` if all
         are ok. A model never trained (``default``: e.g. no campaigns, no offer model) is served by
         its documented default and does not hold readiness back; one that fails to load does."""
+        served = self.served
         models = {
-            job: {"status": "ok", "version": self.model_versions.get(job)}
-            if job in self.models
+            job: {"status": "ok", "version": served.versions.get(job)}
+            if job in served.models
             else {
-                "status": "default" if job in self.untrained else "missing",
-                "error": self.model_errors.get(job, "not loaded"),
+                "status": "default" if job in served.untrained else "missing",
+                "error": served.errors.get(job, "not loaded"),
             }
             for job in SERVED_JOBS
         }
         _, degraded = self.read_features(["__readiness_probe__"], self.now(None))
         components = {
             "models": models,
-            "feature_store": {"status": "unavailable" if degraded else "ok"},
+            "feature_store": {"status": "unavailable" if degraded else "ok", **self.feature_freshness()},
             "state_store": {"status": "ok" if self.state.ping() else "unavailable"},
         }
         ready = all(m["status"] in ("ok", "default") for m in models.values())
         ready = ready and components["feature_store"]["status"] == components["state_store"]["status"] == "ok"
         return {"ready": ready, "version": __version__, "components": components}
+
+    def feature_freshness(self) -> dict:
+        """The newest snapshot materialised into the online store, and its age on the serving
+        clock (from Feast's cached registry: no store read)."""
+        try:
+            ends = [
+                end
+                for fv in self.store.list_feature_views(allow_cache=True)
+                if fv.name not in NO_TTL_VIEWS
+                for _, end in fv.materialization_intervals
+            ]
+        except Exception as err:  # the registry copy in use stays; readiness reports the store itself
+            return {"freshness_error": type(err).__name__}
+        if not ends:
+            return {"materialized_to": None, "age_hours": None}
+        newest = pd.Timestamp(max(ends))
+        newest = newest.tz_convert(None) if newest.tzinfo else newest
+        age = (pd.Timestamp(self.now(None), unit="s") - newest).total_seconds() / 3600
+        return {"materialized_to": newest.isoformat(), "age_hours": round(age, 2)}
 
     # ------------------------------------------------------------------ features
     def _read(self, member_ids: list[str], ts: int) -> dict[str, dict]:
@@ -230,6 +260,7 @@ class DecisionRuntime:
         category: str | None = None,
         context: dict | None = None,
     ) -> NextBestOfferResponse:
+        served = self.served  # one bundle of champions for the whole request
         ts = self.now(ts)
         now = pd.Timestamp(ts, unit="s")
         feats, degraded = self.read_features([member_id], ts)
@@ -243,8 +274,8 @@ class DecisionRuntime:
             cold_start=member is None and not degraded,
             personalised=False,
             offers=[],
-            trace=[],
-            model_version=self.model_versions.get("uplift"),
+            trace=[TraceStep(rule="models", removed=[], versions=served.used("uplift"))],
+            model_version=served.versions.get("uplift"),
         )
         context = {k: v for k, v in (context or {}).items() if v is not None}
         if mstate is None:  # opt-out, caps and stock cannot be checked: offer nothing
@@ -276,15 +307,17 @@ class DecisionRuntime:
             off_page = eligible & (self.offer_category != category)
             answer.trace.append(TraceStep(rule="category_page", removed=sorted(self.offer_ids[off_page])))
             eligible &= ~off_page
-        personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in self.models
+        personalise = member is not None and bool(member.get("consent_personalisation")) and "uplift" in served.models
         if member is not None and not member.get("consent_personalisation"):
             notes.append("no consent for personalisation: non-personalised default")
-        elif member is not None and "uplift" not in self.models:
+        elif member is not None and "uplift" not in served.models:
             notes.append("no offer model (none trained, e.g. no campaigns yet): non-personalised default")
         candidates: list[dict] = []
         if personalise:
             # every offer of the catalogue in one matrix, one predict per booster; then arrays only
-            scored = decisions.score_member(self.models["uplift"], self.pair_encoder, member, self.settings.margin_rate)
+            scored = decisions.score_member(
+                served.models["uplift"], served.pair_encoder, member, self.settings.margin_rate
+            )
             value = scored["expected_incremental_value"]
             negative = eligible & (value <= 0)
             if negative.any():
@@ -335,7 +368,8 @@ class DecisionRuntime:
     def churn_risk(self, member_ids: list[str], ts: int | None) -> list[ChurnRiskResponse]:
         ts = self.now(ts)
         feats, degraded = self.read_features(member_ids, ts)
-        model = self.models.get("churn")
+        served = self.served
+        model = served.models.get("churn")
         try:
             opted_out = self.state.opted_out_many(member_ids)
         except StateUnavailable:  # consent only gates personalisation, not the risk score
@@ -352,7 +386,7 @@ class DecisionRuntime:
                 top_drivers=[],
                 health_quadrant=None,
                 suggested_action="none: no data for this member yet" if not degraded else "retry later",
-                model_version=self.model_versions.get("churn"),
+                model_version=served.versions.get("churn"),
             )
             for i, m in enumerate(member_ids)
         ]
@@ -383,18 +417,19 @@ class DecisionRuntime:
         except StateUnavailable:  # opt-out unknown: popularity only
             opted_out, state_down = True, True
         member = self._row(feats, member_id, opted_out)
-        model = self.models.get("cf")
+        served = self.served
+        model = served.models.get("cf")
         answer = RecommendationsResponse(
             member_id=member_id,
             degraded=degraded or state_down or model is None,
             items=[],
             source=None,
             cold_start=False,
-            model_version=self.model_versions.get("cf"),
+            model_version=served.versions.get("cf"),
         )
         if model is None:
             return answer
-        cats = self.cf_item_category
+        cats = served.cf_item_category
         allowed = np.ones(len(cats), dtype=bool)
         if include_categories:
             allowed &= np.isin(cats, include_categories)
@@ -420,6 +455,8 @@ class DecisionRuntime:
         return answer
 
     def personalized_benefits(self, member_id: str, max_results: int, ts: int | None) -> BenefitsResponse:
+        served = self.served
+        models = TraceStep(rule="models", removed=[], versions=served.used("cf"))
         ts = self.now(ts)
         feats, degraded = self.read_features([member_id], ts)
         mstate = self.member_state(member_id, ts)
@@ -432,12 +469,12 @@ class DecisionRuntime:
             trace=[],
         )
         if mstate is None:  # stock and redemptions unknown: offer nothing
-            answer.trace = [TraceStep(rule="state_unavailable", removed="all")]
+            answer.trace = [models, TraceStep(rule="state_unavailable", removed="all")]
             return answer
         member = self._row(feats, member_id, mstate["opted_out"])
         answer.cold_start = member is None and not degraded
         removed = self._removed_by(member, pd.Timestamp(ts, unit="s"), mstate)
-        answer.trace = [TraceStep(**step) for step in decisions.trace_removed(self.offer_ids, removed)]
+        answer.trace = [models] + [TraceStep(**step) for step in decisions.trace_removed(self.offer_ids, removed)]
         columns = self.benefits.columns
         if member is None or not member.get("consent_personalisation"):
             default = [i for i in self.default_positions if removed[i] is None][:max_results]
@@ -446,8 +483,8 @@ class DecisionRuntime:
             ]
             return answer
         affinity: dict[str, float] = {}
-        if "cf" in self.models:
-            rec = self.models["cf"].recommend([member_id], k=20, exclude_owned=False).iloc[0]
+        if "cf" in served.models:
+            rec = served.models["cf"].recommend([member_id], k=20, exclude_owned=False).iloc[0]
             cats = [c for c in (self.item_category_of.get(i) for i in rec["item_ids"]) if c is not None]
             affinity = {c: n / len(cats) for c, n in Tally(cats).items()}  # shares of the known categories
         shown, unjustified = decisions.shortlist(self.benefits.rank(member, affinity, removed), max_results)
@@ -465,8 +502,9 @@ class DecisionRuntime:
         Features are read in bulk (:meth:`_batch_read`) and every pair of a chunk is scored by
         one predict per booster (:func:`serving.decisions.score_pairs`).
         """
-        if "uplift" not in self.models:
-            raise RuntimeError(f"no uplift/propensity champion: {self.model_errors.get('uplift')}")
+        served = self.served  # one model for the whole list, even if a promotion lands meanwhile
+        if "uplift" not in served.models:
+            raise RuntimeError(f"no uplift/propensity champion: {served.errors.get('uplift')}")
         ts = self.now(ts)
         now = pd.Timestamp(ts, unit="s")
         stock = self._stock(self.state.redemptions_by_offer())
@@ -487,7 +525,9 @@ class DecisionRuntime:
             if known.empty:
                 continue
             known["recency_days"] = known["days_since_last_purchase"].fillna(known["recency_days"])
-            scored = decisions.score_pairs(self.models["uplift"], self.pair_encoder, known, self.settings.margin_rate)
+            scored = decisions.score_pairs(
+                served.models["uplift"], served.pair_encoder, known, self.settings.margin_rate
+            )
             # eligibility by tier (what differs between members before their own redemptions)
             tiers, codes = np.unique(known["tier"].astype(str).to_numpy(), return_inverse=True)
             allowed = np.array([[r is None for r in self.offer_rules.removed_by(t, now, stock, set())] for t in tiers])

@@ -43,6 +43,8 @@ class TraceStep(BaseModel):
     removed: list[str] | str
     sent_this_week: int | None = None
     cap: int | None = None
+    # rule "models": the champion version of each model the answer used (null: its default policy)
+    versions: dict[str, int | None] | None = None
 
 
 class OfferDecision(BaseModel):

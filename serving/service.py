@@ -194,6 +194,7 @@ class LoyaltyDecisionService:
     def __init__(self) -> None:
         logging.basicConfig(level=logging.INFO)
         logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorLogs())
+        logging.getLogger("loyalty.serving.champions").setLevel(logging.INFO)
         self.runtime = DecisionRuntime(Settings())
         ApiKeyMiddleware.report = self.runtime.ready
         # Everything loaded so far (models, Feast registry, catalogue) lives as long as the
@@ -201,6 +202,8 @@ class LoyaltyDecisionService:
         # (which showed as the p99 of an open-loop load test).
         gc.collect()
         gc.freeze()
+        # promotions are picked up by polling the registry's aliases: no restart
+        self.watcher = self.runtime.watch_models(self.runtime.settings.model_refresh_seconds)
 
     def _check_ts(self, ts: int | None, field: str = "ts") -> None:
         """422 naming the field for a time before the programme's first data or over a day ahead."""

@@ -158,9 +158,15 @@ def test_no_personalisation_without_consent_and_no_contact_without_channel_conse
     assert all(o["expected_incremental_value"] is None for o in body["offers"])
     no_sms = members[~members["consent_sms"].astype(bool)].iloc[0]
     body = service.post("/next_best_offer", {"member_id": no_sms["member_id"], "channel": "sms"}).json()
-    assert body["offers"] == [] and body["trace"][0]["rule"] == "channel_consent"
+    assert body["offers"] == [] and _rules(body)[0]["rule"] == "channel_consent"
     benefits = service.post("/personalized_benefits", {"member_id": no_consent["member_id"]}).json()
     assert not benefits["personalised"]
+
+
+def _rules(body: dict) -> list[dict]:
+    """The trace's rule steps: the first step names the model versions the answer used."""
+    assert body["trace"][0]["rule"] == "models" and body["trace"][0]["versions"], body["trace"][:1]
+    return body["trace"][1:]
 
 
 def test_contact_caps_hold_per_channel_and_week(service, settings, members):
@@ -178,11 +184,12 @@ def test_contact_caps_hold_per_channel_and_week(service, settings, members):
         }
         assert service.post("/feedback", {"events": [ev]}).status_code == 200
     body = service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "push"}).json()
-    assert body["offers"] == [] and body["trace"][0] == {
+    assert body["offers"] == [] and _rules(body)[0] == {
         "rule": "contact_cap",
         "removed": "all",
         "sent_this_week": cap,
         "cap": cap,
+        "versions": None,
     }
     assert service.post("/next_best_offer", {"member_id": m["member_id"], "channel": "app"}).json()["offers"]
 
@@ -547,7 +554,7 @@ def test_logs_carry_no_raw_member_ids(service, members):
     assert "invalid request to /next_best_offer: max_results" in log and "Traceback" not in log
 
 
-def test_health_endpoints_name_every_component_and_its_status(service):
+def test_health_endpoints_name_every_component_and_its_status(service, pipeline):
     for path in ("/readyz", "/healthz"):
         res = httpx.get(service.url + path)
         assert res.status_code == 200 and res.headers["content-type"] == "application/json"
@@ -560,7 +567,13 @@ def test_health_endpoints_name_every_component_and_its_status(service):
             "uplift": "ok",
         }
         assert all(m["version"] for m in doc["components"]["models"].values())
-        assert doc["components"]["feature_store"] == doc["components"]["state_store"] == {"status": "ok"}
+        assert doc["components"]["state_store"] == {"status": "ok"}
+        # materialised up to the dataset's end, which is "now" on the dataset clock
+        assert doc["components"]["feature_store"] == {
+            "status": "ok",
+            "materialized_to": pd.Timestamp(pipeline["end"]).isoformat(),
+            "age_hours": 0.0,
+        }
 
 
 def _no_duplicate_keys(pairs):
@@ -584,3 +597,63 @@ def test_swagger_ui_renders_every_operation(service):
     # Swagger UI renders one block per operation: its method class and its path as data-path
     shown = set(re.findall(r'opblock-(get|post)\b.*?data-path="([^"]+)"', dom, flags=re.S))
     assert operations <= shown, sorted(operations - shown)
+
+
+def test_a_promotion_is_served_without_restart_under_load(settings, trained, members, tmp_path_factory):
+    """A new uplift champion lands while four clients keep asking: no error, no degraded
+    answer, the service switches to it by itself, and every answer names the version it used."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from kernel.constants import CHAMPION
+    from kernel.model_store import use_tracking_store
+
+    svc = Service(settings, tmp_path_factory.mktemp("swap") / "service.log", LOYALTY_MODEL_REFRESH_SECONDS="0.5")
+    svc.start()
+    use_tracking_store(settings)
+    client, name = MlflowClient(), settings.model_name("uplift")
+    old = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    ids = members.loc[members["consent_personalisation"].astype(bool), "member_id"].head(40).tolist()
+    answers: list[tuple[int, bool, int | None, dict | None]] = []
+    stop = threading.Event()
+
+    def ask(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            res = svc.post("/next_best_offer", {"member_id": ids[i % len(ids)], "max_results": 2})
+            body = res.json() if res.status_code == 200 else {}
+            versions = body.get("trace", [{}])[0].get("versions") if body else None
+            answers.append((res.status_code, body.get("degraded", True), body.get("model_version"), versions))
+            i += 4
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        new = int(client.copy_model_version(f"models:/{name}/{old}", name).version)
+        client.set_registered_model_alias(name, CHAMPION, str(new))
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(a[2] == new for a in answers):
+            time.sleep(0.2)
+        seen_new = len(answers)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        client.set_registered_model_alias(name, CHAMPION, str(old))  # later tests expect the trained champion
+    try:
+        assert len(answers) > 50 and all(status == 200 for status, *_ in answers), answers[:5]
+        assert not any(degraded for _, degraded, _, _ in answers)
+        assert {a[2] for a in answers} == {old, new}
+        assert all(a[2] == new for a in answers[seen_new + 8 :])  # in-flight ones may still finish on the old
+        assert all(a[3] == {"uplift": a[2]} for a in answers)
+        doc = httpx.get(svc.url + "/readyz").json()
+        assert doc["components"]["models"]["uplift"]["version"] in (old, new)
+        fresh = doc["components"]["feature_store"]
+        assert fresh["materialized_to"] and fresh["age_hours"] is not None and fresh["age_hours"] >= 0
+        assert "swapped in without restart" in svc.tail(10_000_000)
+    finally:
+        svc.stop()
