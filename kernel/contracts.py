@@ -22,6 +22,18 @@ SCENE_DIMENSIONS = ["time", "space", "social", "need"]
 VALUE_DIMENSIONS = ["material", "emotional", "social", "development"]
 ENGAGEMENT_EVENTS = ["send", "open", "click"]
 LEDGER_KINDS = ["earn", "burn", "expire", "adjust", "freeze"]
+# natural keys: a row whose key an earlier batch holds is a duplicate (same content: skipped) or a
+# conflict (other content: quarantined, the first kept); None: the whole row is its key
+NATURAL_KEYS = {
+    "members": ["member_id"],
+    "items": ["item_id"],
+    "offers": ["offer_id"],
+    "transactions": ["order_id", "item_id", "line_no"],
+    "exposures": ["exposure_id"],
+    "responses": ["exposure_id"],
+    "engagement": None,
+    "points_ledger": ["entry_id"],
+}
 
 
 class _Base(pa.DataFrameModel):

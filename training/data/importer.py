@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kernel.contracts import CONTRACTS
+from kernel.contracts import CONTRACTS, NATURAL_KEYS
 from training.data.mapping import EXPRESSION, HELPER_FIELDS, CategoryRule, Mapping, MappingError, TableMapping
 from training.data.points import derive_points_ledger
 from training.data.tiers import tier_from_spend, tier_names
@@ -318,7 +318,7 @@ def import_tables(source: str | Path, mapping: Mapping) -> ImportOutput:
     rejected: dict[str, pd.DataFrame] = {}
     for table in CONTRACTS:
         spec = mapping.tables.get(table)
-        if spec is None or (spec.from_transactions and spec.source is None and spec.query is None):
+        if spec is None or (spec.from_transactions and not spec.has_source):
             if spec is None and table not in ("members", "items", "points_ledger"):
                 notes.append(f"{table}: not in the mapping, empty")
             continue
@@ -394,8 +394,7 @@ def derivation_notes(mapping: Mapping, tables: dict[str, pd.DataFrame]) -> list[
     notes = []
     members, items = mapping.tables.get("members"), mapping.tables.get("items")
     partial = {
-        t: s is not None and s.from_transactions and (s.source or s.query)
-        for t, s in (("members", members), ("items", items))
+        t: s is not None and s.from_transactions and s.has_source for t, s in (("members", members), ("items", items))
     }
     if partial["members"]:
         notes.append(
@@ -420,14 +419,11 @@ def derivation_notes(mapping: Mapping, tables: dict[str, pd.DataFrame]) -> list[
     return notes
 
 
-KEYS = {"members": "member_id", "items": "item_id"}
-
-
 def _require_fields(table: str, df: pd.DataFrame, only_key: bool = False) -> None:
     types = field_types(table)
     required = [f for f, (_, nullable) in types.items() if not nullable and f not in HELPER_FIELDS.get(table, {})]
     if only_key:
-        required = [KEYS[table]]
+        required = NATURAL_KEYS[table]
     missing = [f for f in required if f not in df.columns]
     if missing:
         raise MappingError(

@@ -13,7 +13,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from kernel.contracts import ContractError, validate
+from kernel.contracts import NATURAL_KEYS, ContractError, validate
 from kernel.curated import read_meta, write_meta
 from kernel.settings import Settings
 from training.data.adapters import ADAPTERS, AdapterOutput, SharedDataMissing
@@ -30,18 +30,6 @@ REFERENCES = {
     ("responses", "exposure_id"): ("exposures", "exposure_id"),
     ("engagement", "member_id"): ("members", "member_id"),
     ("points_ledger", "member_id"): ("members", "member_id"),
-}
-# natural keys: a row whose key an earlier batch holds is a duplicate (same content: skipped) or a
-# conflict (other content: quarantined, the first kept); None: the whole row is its key
-NATURAL_KEYS = {
-    "members": ["member_id"],
-    "items": ["item_id"],
-    "offers": ["offer_id"],
-    "transactions": ["order_id", "item_id", "line_no"],
-    "exposures": ["exposure_id"],
-    "responses": ["exposure_id"],
-    "engagement": None,
-    "points_ledger": ["entry_id"],
 }
 BATCH_COLUMN = "batch_id"
 # validate parents before children

@@ -95,6 +95,11 @@ class TableMapping(_Strict):
     rules: list[Rule] = []
     from_transactions: bool = False  # members / items only: built from the transactions
 
+    @property
+    def has_source(self) -> bool:
+        """A file or table (or query) to read; without one a table is built or starts empty."""
+        return self.source is not None or self.query is not None
+
     @field_validator("derive")
     @classmethod
     def _expressions(cls, derive: dict) -> dict:
