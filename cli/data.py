@@ -19,13 +19,65 @@ features_app = typer.Typer(
 
 
 @data_app.command("simulate")
-def data_simulate(ctx: typer.Context, members: int = typer.Option(10_000, min=100), seed: int | None = None) -> None:
-    """Simulate members (with ground truth) into the ``simulated`` dataset."""
-    from training.data.ingest import simulate_dataset
+def data_simulate(
+    ctx: typer.Context,
+    members: int = typer.Option(10_000, min=100),
+    seed: int | None = None,
+    advance: int | None = typer.Option(
+        None,
+        min=1,
+        help="continue the world by DAYS: the same members answer the offers the service sent"
+        " (its decision log and impressions); the days land in the inbox for `loyalty-ml daily`",
+    ),
+) -> None:
+    """Simulate members (with ground truth) into the ``simulated`` dataset, or continue it."""
+    from training.data.ingest import advance_simulation, simulate_dataset
 
     settings: Settings = settings_of(ctx).model_copy(update={"dataset": "simulated"})
-    counts = simulate_dataset(settings, members, seed)
-    console.print({k: v for k, v in counts.items()})
+    if advance is None:
+        counts = simulate_dataset(settings, members, seed)
+        console.print({k: v for k, v in counts.items()})
+        return
+    from training.data.advance import WorldError, world_end
+
+    try:
+        start = world_end(settings.ground_truth_dir)
+        sent = logged_sends(settings, start, start + pd.Timedelta(days=advance))
+        out = advance_simulation(settings, advance, sent)
+    except WorldError as err:
+        fail(err)
+    console.print(out | {"offers_sent": int(sent["treatment"].sum()), "held_out": int((~sent["treatment"]).sum())})
+
+
+def logged_sends(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """The service's offers decided for [start, end): sent (an impression was reported) or held out
+    (its control group), as exposures of the simulated members (the world knows who its
+    pseudonymised members are: it holds the key)."""
+    from kernel.constants import SERVICE_CAMPAIGN
+    from kernel.curated import load_curated
+    from serving.state import ServingState, StateUnavailable
+
+    try:
+        state = ServingState(settings.serving_state_url, settings.pseudonym_key, settings.serving_state_prefix)
+        rows = state.sent_offers(int(start.timestamp()), int(end.timestamp()))
+    except StateUnavailable as err:
+        fail(RuntimeError(f"serving state unreadable ({err}): the world cannot know what was sent"))
+    ids = load_curated(settings, "members", columns=["member_id"])["member_id"]
+    member_of = dict(zip(ids.map(state.member_key), ids, strict=True))
+    rows["member_id"] = rows["member_key"].map(member_of)
+    rows = rows[rows["member_id"].notna()]  # members the world does not have (test calls, typos)
+    return pd.DataFrame(
+        {
+            "exposure_id": "S" + rows["decision_id"].astype(str),
+            "member_id": rows["member_id"],
+            "offer_id": rows["offer_id"],
+            "ts": pd.to_datetime(rows["ts"], unit="s"),
+            "channel": rows["channel"],
+            "treatment": rows["treatment"].astype(bool),
+            "propensity": rows["propensity"].astype(float),
+            "campaign_id": SERVICE_CAMPAIGN,
+        }
+    ).reset_index(drop=True)
 
 
 @data_app.command("load")

@@ -9,6 +9,7 @@ import typer
 
 from cli import serve as serve_cmds
 from cli.common import console, fail, settings_of
+from cli.daily import daily
 from cli.data import (
     data_app,
     data_load,
@@ -31,6 +32,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.add_typer(evaluate_app, name="evaluate")
 serve_cmds.register(app)
+app.command("daily")(daily)
 
 
 @app.callback()
@@ -71,7 +73,7 @@ def demo(
     simulated = settings_of(ctx).dataset == "simulated"
     asked: list[str] = []  # the member the demo asked the service about
     steps = [
-        ("data", lambda: data_simulate(ctx, members, None) if simulated else data_load(ctx)),
+        ("data", lambda: data_simulate(ctx, members, None, None) if simulated else data_load(ctx)),
         ("validate", lambda: data_validate(ctx)),
         ("features build", lambda: features_build(ctx)),
         ("features apply", lambda: features_apply(ctx)),

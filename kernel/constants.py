@@ -24,3 +24,6 @@ REALTIME_VIEW = "member_realtime"  # fed by the service's pushes: its newest val
 
 # the feature service the decision service reads for one member
 ONLINE_FEATURE_SERVICE = "member_online_v1"
+# the campaign id under which the decision service's own sends (and its control group) come back
+# as exposures: the uplift job learns from them with their logged propensities
+SERVICE_CAMPAIGN = "nbo-service"

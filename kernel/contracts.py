@@ -103,7 +103,8 @@ class Exposures(_Base):
     member_id: Series[str] = pa.Field(str_length={"min_value": 1})
     offer_id: Series[str]
     ts: Series[pd.Timestamp]
-    channel: Series[str] = pa.Field(isin=[*CONTACT_CHANNELS, "mail", "store"])
+    # outbound contacts, print mail, and the service's own placements (in-app, web, till)
+    channel: Series[str] = pa.Field(isin=[*CONTACT_CHANNELS, "mail", "store", "app", "web"])
     treatment: Series[bool]
     propensity: Series[float] = pa.Field(gt=0, le=1, nullable=True)  # null: not logged
 

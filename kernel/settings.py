@@ -75,12 +75,17 @@ class Settings(BaseSettings):
 
     snapshot_every_days: int = 28  # cadence of feature snapshots in the offline store
     label_window_days: int = 90  # churn label: no purchase in the next N days; CLV horizon
+    # days an exposure's response is counted; the offer job leaves out exposures whose window is still open
+    response_window_days: int = Field(14, ge=1)
     seed: int = 7
 
     # -- training / registry -------------------------------------------------
     mlflow_artifact_root: str | None = None  # local path or s3://...; default <data_dir>/mlartifacts
     actor: str = Field(default_factory=lambda: os.environ.get("USER") or getpass.getuser())  # recorded on alias moves
     tuning_trials: int = 8  # optuna trials per tuned model
+    # daily drift report: a served feature or score whose PSI against the champion's training data
+    # reaches this is flagged (0.1-0.25 is commonly read as a moderate shift, above 0.25 a major one)
+    drift_psi_warning: float = Field(0.25, gt=0)
 
     # -- serving --------------------------------------------------------------
     api_keys: str = DEMO_API_KEY  # comma-separated; every endpoint but health needs one (X-API-Key header)
@@ -88,6 +93,9 @@ class Settings(BaseSettings):
     feature_timeout_ms: float = 250.0  # slower online reads are abandoned: degraded answer
     contact_caps_per_week: dict[str, int] = Field(default_factory=lambda: {"push": 2, "sms": 1, "email": 2, "app": 7})
     exploration_rate: float = 0.0  # epsilon-greedy share of decisions that explore (propensity logged)
+    # share of personalised decisions held out as a control group (nothing sent, decision logged):
+    # what the service sends is then measured, and learned from, against members it did not reach
+    control_share: float = Field(0.0, ge=0.0, lt=1.0)
     margin_rate: float = 0.3  # gross margin on incremental revenue, before an offer's own margin impact
     # "dataset": requests without a timestamp are decided as of the dataset's end (the demo and
     # simulated worlds live in the past); production deployments set "wall"

@@ -144,15 +144,25 @@ class UpliftModel:
         leaf = {"min_child_samples": int(np.clip(n_rows // 20, 20, 200))}  # pooled leaves, scaled to the arm
         return lgb.LGBMClassifier(**(CLASSIFIER | leaf | self.params), random_state=self.seed)
 
-    def fit(self, X: pd.DataFrame, treatment: np.ndarray, converted: np.ndarray, redeemed: np.ndarray | None = None):
+    def fit(
+        self,
+        X: pd.DataFrame,
+        treatment: np.ndarray,
+        converted: np.ndarray,
+        redeemed: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+    ):
+        """``sample_weight``: e.g. inverse propensities of rows a targeting policy chose, so that
+        each arm's response model sees the population, not the policy's favourites."""
         t = np.asarray(treatment, dtype=bool)
         y = np.asarray(converted, dtype=int)
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         if t.all() or (~t).all():
             raise ValueError("uplift needs both treated and control rows; fit a PropensityModel instead")
         self.features_ = FeatureMatrix(exclude={"treatment", "propensity"}).fit(X)
         M = self.features_.transform(X)
-        self.treated_model_ = self._clf(int(t.sum())).fit(M[t], y[t])
-        self.control_model_ = self._clf(int((~t).sum())).fit(M[~t], y[~t])
+        self.treated_model_ = self._clf(int(t.sum())).fit(M[t], y[t], sample_weight=w[t])
+        self.control_model_ = self._clf(int((~t).sum())).fit(M[~t], y[~t], sample_weight=w[~t])
         self.treatment_share_ = float(t.mean())
         if self.learner == "x":
             d1 = y[t] - self.control_model_.predict_proba(M[t])[:, 1]
@@ -160,10 +170,12 @@ class UpliftModel:
             for arm, d, name in ((t, d1, "tau1_"), (~t, d0, "tau0_")):
                 leaf = {"min_child_samples": int(np.clip(arm.sum() // 20, 20, 200))}
                 reg = lgb.LGBMRegressor(**(REGRESSOR | leaf | self.params), random_state=self.seed)
-                setattr(self, name, reg.fit(M[arm], d))
+                setattr(self, name, reg.fit(M[arm], d, sample_weight=w[arm]))
         self.redeem_model_ = None
         if redeemed is not None and np.asarray(redeemed)[t].any():
-            self.redeem_model_ = self._clf(int(t.sum())).fit(M[t], np.asarray(redeemed, dtype=int)[t])
+            self.redeem_model_ = self._clf(int(t.sum())).fit(
+                M[t], np.asarray(redeemed, dtype=int)[t], sample_weight=w[t]
+            )
         return self
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:

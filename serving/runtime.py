@@ -281,7 +281,7 @@ class DecisionRuntime:
         if mstate is None:  # opt-out, caps and stock cannot be checked: offer nothing
             answer.trace.append(TraceStep(rule="state_unavailable", removed="all"))
             answer.notes = ["serving state unavailable (opt-out, contact caps, stock unknown): nothing offered"]
-            return self._log(answer, context)
+            return self._log(answer, context, as_of=ts)
         notes: list[str] = []
         if degraded:
             notes.append("feature store unavailable: non-personalised default")
@@ -293,13 +293,13 @@ class DecisionRuntime:
                 # unknown consent (new member, store down) counts as no consent for outbound contact
                 answer.trace.append(TraceStep(rule="channel_consent", removed="all"))
                 answer.notes = notes + [f"no known consent for {channel}: nothing may be sent"]
-                return self._log(answer, context)
+                return self._log(answer, context, as_of=ts)
             cap = self.settings.contact_caps_per_week.get(channel)
             sent = mstate["contacts"].get(channel, 0)
             if cap is not None and sent >= cap:
                 answer.trace.append(TraceStep(rule="contact_cap", removed="all", sent_this_week=sent, cap=cap))
                 answer.notes = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
-                return self._log(answer, context)
+                return self._log(answer, context, as_of=ts)
         removed = self._removed_by(member, now, mstate)
         answer.trace += [TraceStep(**step) for step in decisions.trace_removed(self.offer_ids, removed)]
         eligible = np.array([r is None for r in removed])
@@ -313,6 +313,7 @@ class DecisionRuntime:
         elif member is not None and "uplift" not in served.models:
             notes.append("no offer model (none trained, e.g. no campaigns yet): non-personalised default")
         candidates: list[dict] = []
+        held_out: list[OfferDecision] = []
         if personalise:
             # every offer of the catalogue in one matrix, one predict per booster; then arrays only
             scored = decisions.score_member(
@@ -341,6 +342,7 @@ class DecisionRuntime:
                 for i in ranked
             ]
             answer.offers = [self._offer_decision(scored, int(ranked[j]), member) for j in order]
+            held_out = self._control_group(answer)
         else:
             default = [
                 (i, rate) for i, rate in zip(self.default_positions, self.default_rates, strict=True) if eligible[i]
@@ -351,7 +353,23 @@ class DecisionRuntime:
             ]
             answer.propensity = 1.0 if answer.offers else None
         answer.notes = notes
-        return self._log(answer, context, candidates)
+        return self._log(answer, context, candidates, ts, held_out)
+
+    def _control_group(self, answer: NextBestOfferResponse) -> list[OfferDecision]:
+        """Hold a random ``control_share`` of personalised decisions out (nothing to send), so that
+        what the service sends can be measured, and learned from, against members it did not
+        reach. The logged propensity is that of the arm as well as of the offer; returns the
+        offers held out (logged, not answered)."""
+        share = self.settings.control_share
+        if share <= 0 or not answer.offers:
+            return []
+        if self.rng.random() >= share:
+            answer.propensity = answer.propensity * (1 - share)
+            return []
+        held_out, answer.offers = answer.offers, []
+        answer.control, answer.propensity = True, answer.propensity * share
+        answer.trace.append(TraceStep(rule="control_group", removed="all"))
+        return held_out
 
     def _offer_decision(self, scored: dict, i: int, member: dict) -> OfferDecision:
         row = {name: values[i] for name, values in scored.items()}
@@ -634,14 +652,22 @@ class DecisionRuntime:
         return int(self.start.timestamp()), int(time.time()) + 86400
 
     def _log(
-        self, answer: NextBestOfferResponse, context: dict, candidates: list[dict] | None = None
+        self,
+        answer: NextBestOfferResponse,
+        context: dict,
+        candidates: list[dict] | None = None,
+        as_of: int | None = None,
+        held_out: list[OfferDecision] | None = None,
     ) -> NextBestOfferResponse:
-        """Write the decision to the durable log (with its request context and the candidates the
-        policy chose from, which the answer itself does not carry) and return the answer."""
-        first = answer.offers[0].offer_id if answer.offers else None
+        """Write the decision to the durable log (with its request context, the time it was made
+        for, the candidates the policy chose from and, for the control group, the offers held
+        out: none of which the answer carries) and return the answer."""
+        shown = held_out or answer.offers
+        first = shown[0].offer_id if shown else None
         try:
             self.state.log_decision(
                 answer.decision_id,
+                as_of,
                 answer.member_id,
                 "next_best_offer",
                 answer.channel,
@@ -650,7 +676,9 @@ class DecisionRuntime:
                 answer.personalised,
                 answer.degraded,
                 {
-                    "offers": [o.offer_id for o in answer.offers],
+                    "offers": [o.offer_id for o in shown],
+                    "control": answer.control,
+                    "as_of": as_of,
                     "propensity": answer.propensity,
                     "trace": [t.model_dump(exclude_none=True) for t in answer.trace],
                     "context": context,

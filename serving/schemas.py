@@ -66,6 +66,9 @@ class NextBestOfferResponse(BaseModel):
     offers: list[OfferDecision]
     propensity: float | None = Field(None, description="probability this policy shows the first offer (for OPE)")
     explored: bool = False
+    control: bool = Field(
+        False, description="drawn into the control group: send nothing (the decision is logged to measure uplift)"
+    )
     trace: list[TraceStep]
     notes: list[str] = []
     model_version: str | int | None = None

@@ -181,6 +181,7 @@ class ServingState:
     def log_decision(
         self,
         decision_id: str,
+        as_of: int | None,
         member_id: str,
         endpoint: str,
         channel: str | None,
@@ -190,17 +191,20 @@ class ServingState:
         degraded: bool,
         payload: dict,
     ) -> None:
+        """``as_of``: the time the decision was made for (default: now); the wall-clock time of
+        logging goes into the payload (``logged_at``)."""
+        now = int(time.time())
         row = {
             "decision_id": decision_id,
             "member_key": self.member_key(member_id),
-            "ts": int(time.time()),
+            "ts": now if as_of is None else int(as_of),
             "endpoint": endpoint,
             "channel": channel,
             "chosen_offer": chosen,
             "propensity": propensity,
             "personalised": int(personalised),
             "degraded": int(degraded),
-            "payload": json.dumps(payload, default=str),
+            "payload": json.dumps(payload | {"logged_at": now}, default=str),
         }
         with _db_errors(), self._log_db.begin() as conn:
             if self._dialect is postgresql:  # an audit log: no need to wait for the WAL flush
@@ -382,6 +386,44 @@ class ServingState:
             d.c.endpoint == endpoint, d.c.personalised == 1, d.c.chosen_offer.is_not(None)
         )
         return pd.DataFrame(self._all(stmt), columns=["decision_id", "action", "propensity", "payload"])
+
+    def sent_offers(self, since_ts: int, until_ts: int) -> pd.DataFrame:
+        """Next-best-offer decisions made for times in [since_ts, until_ts) that chose an offer, with
+        the arm each landed in: ``treatment`` where the marketing system reported an impression of
+        it, ``control`` where the service held it out; decisions neither sent nor held out reached
+        no one and are left out. Columns: decision_id, member_key, ts, channel, offer_id,
+        propensity, treatment."""
+        d, f = self.decisions, self.feedback_table
+        sent = (
+            sa.select(f.c.decision_id).where(f.c.event == "impression", f.c.decision_id.is_not(None)).distinct()
+        ).subquery()
+        stmt = (
+            sa.select(
+                d.c.decision_id,
+                d.c.member_key,
+                d.c.ts,
+                d.c.channel,
+                d.c.chosen_offer,
+                d.c.propensity,
+                d.c.payload,
+                sent.c.decision_id.is_not(None).label("impression"),
+            )
+            .outerjoin(sent, sent.c.decision_id == d.c.decision_id)
+            .where(
+                d.c.endpoint == "next_best_offer",
+                d.c.chosen_offer.is_not(None),
+                d.c.ts >= since_ts,
+                d.c.ts < until_ts,
+            )
+            .order_by(d.c.ts, d.c.decision_id)
+        )
+        cols = ["decision_id", "member_key", "ts", "channel", "offer_id", "propensity", "payload", "impression"]
+        rows = pd.DataFrame(self._all(stmt), columns=cols)
+        control = rows.pop("payload").map(lambda p: bool(json.loads(p).get("control")) if p else False)
+        impression = rows.pop("impression").astype(bool)
+        rows = rows[impression | control].copy()
+        rows["treatment"] = ~control[rows.index]
+        return rows.reset_index(drop=True)
 
     def events(self, event: str) -> pd.DataFrame:
         """Feedback events of one kind that name a decision: (decision_id, offer_id)."""

@@ -36,7 +36,9 @@ class TrainingContext:
         return self.simulated and int(self.meta.get("label_window_days", -1)) == self.settings.label_window_days
 
     def truth(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.settings.ground_truth_dir / f"{name}.parquet")
+        from training.data.simulator import read_truth
+
+        return read_truth(self.settings.ground_truth_dir, name)
 
 
 def context(settings: Settings) -> TrainingContext:

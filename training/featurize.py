@@ -8,6 +8,8 @@ the label timestamp.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -159,57 +161,88 @@ def _engagement(eng: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
     return out
 
 
+SNAPSHOT_TABLES = ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement")
+TIER_SINCE = "tier_since_ts"  # member_profile: when the tier was reached (unix s), carried to the next snapshot
+
+
+@dataclass
+class History:
+    """The curated tables snapshots are computed from."""
+
+    members: pd.DataFrame  # indexed by member_id
+    orders: pd.DataFrame
+    lines: pd.DataFrame
+    ledger: pd.DataFrame
+    engagement: pd.DataFrame
+
+    @classmethod
+    def load(cls, settings: Settings) -> History:
+        members = load_curated(settings, "members").set_index("member_id")
+        items = load_curated(settings, "items").set_index("item_id")
+        txn = load_curated(settings, "transactions")
+        lines = txn.assign(category_l1=txn["item_id"].map(items["category_l1"]).fillna("UNKNOWN"))
+        return cls(
+            members,
+            order_totals(txn),
+            lines,
+            load_curated(settings, "points_ledger"),
+            load_curated(settings, "engagement"),
+        )
+
+
+def snapshot(history: History, t: pd.Timestamp, tier_prev: pd.Series, tier_since: pd.Series) -> dict[str, pd.DataFrame]:
+    """Every snapshot table at ``t`` (from events strictly before it) for the members joined by then.
+    ``tier_prev``/``tier_since``: each member's tier level at the previous snapshot and since when
+    (updated in place: the tier's start carries from one snapshot to the next)."""
+    members = history.members
+    joined = members.index[members["join_date"] <= t]
+    if not len(joined):
+        return {}
+    m = members.loc[joined]
+    rfm = _rfm(history.orders, m, t)
+    eng_f = _engagement(history.engagement, joined, t)
+    level = pd.Series(tier_from_spend(rfm["monetary_365d"].to_numpy(), rfm["recency_days"].to_numpy()), index=joined)
+    changed = (level != tier_prev.reindex(joined)) | tier_since.reindex(joined).isna()
+    tier_since.loc[joined[changed.to_numpy()]] = t
+    tier_prev.loc[joined] = level
+    profile = pd.DataFrame(index=joined)
+    profile["tier"] = tier_names(level.to_numpy())
+    profile["tier_level"] = level.astype("int64")
+    since = tier_since.reindex(joined)
+    profile["months_at_tier"] = ((t - since).dt.days / 30.44).round(1)
+    profile["lifecycle_stage"] = lifecycle_stage(
+        rfm["tenure_days"], rfm["recency_days"], rfm["monetary_90d"], rfm["monetary_prev_90d"]
+    )
+    profile["health_quadrant"] = health_quadrant(rfm["frequency_90d"], eng_f["interactions_30d"])
+    profile["region"] = m["region"].astype(str)
+    profile["city_tier"] = m["city_tier"].fillna(0).astype("int64")
+    profile[TIER_SINCE] = since.astype("int64") // 10**9
+    out = {
+        "member_rfm": rfm,
+        "member_profile": profile,
+        "member_engagement": eng_f,
+        "member_affinity": _affinity(history.lines, joined, t),
+        "member_points": _points(history.ledger, joined, t),
+    }
+    return {name: df.rename_axis("member_id").reset_index().assign(event_timestamp=t) for name, df in out.items()}
+
+
 def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str, int]:
     """Compute every snapshot table into ``settings.offline_dir``; returns row counts."""
     meta = read_meta(settings)
     end = pd.Timestamp(meta["end"])
-    members = load_curated(settings, "members").set_index("member_id")
-    items = load_curated(settings, "items").set_index("item_id")
-    txn = load_curated(settings, "transactions")
-    ledger = load_curated(settings, "points_ledger")
-    eng = load_curated(settings, "engagement")
-    lines = txn.assign(category_l1=txn["item_id"].map(items["category_l1"]).fillna("UNKNOWN"))
-    orders = order_totals(txn)
+    history = History.load(settings)
+    members, txn = history.members, history.orders
     start = min(txn["ts"].min(), members["join_date"].min()) if len(txn) else members["join_date"].min()
     times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
 
-    frames: dict[str, list[pd.DataFrame]] = {
-        k: [] for k in ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement")
-    }
+    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in SNAPSHOT_TABLES}
     tier_prev = pd.Series(0, index=members.index)
     tier_since = pd.Series(pd.NaT, index=members.index, dtype="datetime64[ns]")
     # disable=None: no bar when stdout is not a terminal (logs, CI)
     for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=None if progress else True):
-        joined = members.index[members["join_date"] <= t]
-        if not len(joined):
-            continue
-        m = members.loc[joined]
-        rfm = _rfm(orders, m, t)
-        eng_f = _engagement(eng, joined, t)
-        level = pd.Series(
-            tier_from_spend(rfm["monetary_365d"].to_numpy(), rfm["recency_days"].to_numpy()), index=joined
-        )
-        changed = (level != tier_prev.reindex(joined)) | tier_since.reindex(joined).isna()
-        tier_since.loc[joined[changed.to_numpy()]] = t
-        tier_prev.loc[joined] = level
-        profile = pd.DataFrame(index=joined)
-        profile["tier"] = tier_names(level.to_numpy())
-        profile["tier_level"] = level.astype("int64")
-        profile["months_at_tier"] = ((t - tier_since.reindex(joined)).dt.days / 30.44).round(1)
-        profile["lifecycle_stage"] = lifecycle_stage(
-            rfm["tenure_days"], rfm["recency_days"], rfm["monetary_90d"], rfm["monetary_prev_90d"]
-        )
-        profile["health_quadrant"] = health_quadrant(rfm["frequency_90d"], eng_f["interactions_30d"])
-        profile["region"] = m["region"].astype(str)
-        profile["city_tier"] = m["city_tier"].fillna(0).astype("int64")
-        for name, df in (
-            ("member_rfm", rfm),
-            ("member_profile", profile),
-            ("member_engagement", eng_f),
-            ("member_affinity", _affinity(lines, joined, t)),
-            ("member_points", _points(ledger, joined, t)),
-        ):
-            frames[name].append(df.rename_axis("member_id").reset_index().assign(event_timestamp=t))
+        for name, df in snapshot(history, t, tier_prev, tier_since).items():
+            frames[name].append(df)
 
     counts = {}
     for name, parts in frames.items():
@@ -217,15 +250,46 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
         write_offline_table(settings, name, df)
         counts[name] = len(df)
-    consent = members.reset_index()[
+    return counts | _write_unversioned(settings, history)
+
+
+def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
+    """Add the snapshot at ``t`` alone to the offline store (the daily cycle): computed from the
+    history once, appended to each table; the tier's start carries over from each member's latest
+    earlier snapshot. A snapshot already stored at ``t`` is replaced, so a repeat is a no-op.
+    Consent and the real-time seed (one row per member, no history) are rewritten."""
+    t = pd.Timestamp(t)
+    history = History.load(settings)
+    stamp = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    earlier = pd.read_parquet(
+        settings.offline_dir / "member_profile.parquet",
+        columns=["member_id", "event_timestamp", "tier_level", TIER_SINCE],
+        filters=[("event_timestamp", "<", stamp)],
+    )
+    last = earlier.sort_values("event_timestamp").drop_duplicates("member_id", keep="last").set_index("member_id")
+    index = history.members.index
+    tier_prev = last["tier_level"].reindex(index).fillna(0).astype("int64")
+    tier_since = pd.to_datetime(last[TIER_SINCE].reindex(index), unit="s")
+    counts = {}
+    for name, df in snapshot(history, t.tz_localize(None) if t.tzinfo else t, tier_prev, tier_since).items():
+        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
+        old = pd.read_parquet(settings.offline_dir / f"{name}.parquet")
+        old = old[old["event_timestamp"] != stamp]
+        write_offline_table(settings, name, pd.concat([old, df], ignore_index=True))
+        counts[name] = len(df)
+    return counts | _write_unversioned(settings, history)
+
+
+def _write_unversioned(settings: Settings, history: History) -> dict[str, int]:
+    """Consent (each member's current flags) and the batch source behind the push source."""
+    consent = history.members.reset_index()[
         ["member_id", "consent_personalisation", "consent_push", "consent_sms", "consent_email", "consent_updated_at"]
     ]
     consent = consent.rename(columns={"consent_updated_at": "event_timestamp"})
     consent["event_timestamp"] = pd.to_datetime(consent["event_timestamp"]).dt.tz_localize("UTC")
     write_offline_table(settings, "member_consent", consent)
-    counts["member_consent"] = len(consent)
-    # Batch source behind the push source: seeded with each member's last purchase.
-    last = orders.groupby("member_id")["ts"].max()
+    # seeded with each member's last purchase
+    last = history.orders.groupby("member_id")["ts"].max()
     realtime = pd.DataFrame(
         {
             "member_id": last.index,
@@ -236,5 +300,4 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
         }
     )
     write_offline_table(settings, "member_realtime", realtime)
-    counts["member_realtime"] = len(realtime)
-    return counts
+    return {"member_consent": len(consent), "member_realtime": len(realtime)}

@@ -93,3 +93,27 @@ def histogram(values: dict[str, np.ndarray], threshold: float | None = None, tit
     ax.set(title=title)
     ax.legend()
     return fig
+
+
+def drift(report: pd.DataFrame, warning: float, top: int = 20) -> plt.Figure:
+    """The largest PSIs of a daily drift report (model: feature), with the warning line."""
+    shown = report.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5))
+    colours = np.where(shown["psi"] >= warning, "tab:red", "tab:blue")
+    ax.barh(shown["model"] + ": " + shown["feature"], shown["psi"], color=colours)
+    ax.axvline(warning, color="k", ls=":", lw=1, label=f"warning (PSI {warning})")
+    ax.set(xlabel="population stability index vs the champion's training data", title="Drift")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve(table: pd.DataFrame, column: str = "share_of_oracle") -> plt.Figure:
+    """Per week: each policy's true incremental margin as a share of the oracle's."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy, rows in table.groupby("policy", sort=False):
+        ax.plot(rows["week"], rows[column], "o-", label=policy)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xlabel="week", ylabel="true incremental margin / oracle's", title="The loop learning")
+    ax.legend()
+    return fig

@@ -105,12 +105,15 @@ def _write_quarantine(settings: Settings, table: str, stage: str, df: pd.DataFra
 
 # --------------------------------------------------------------------------- import through a mapping
 def import_dataset(
-    settings: Settings, source: str | Path, mapping_path: Path | None = None, increment: bool = False
+    settings: Settings, source: str | Path, mapping_path: Path | Mapping | None = None, increment: bool = False
 ) -> dict:
     """Import a retailer's export as one batch: the first (replacing the dataset's raw data)
     or, with ``increment``, the next. Returns the batch record (``skipped``: the same content
-    was imported before, nothing added)."""
-    mapping = load_mapping(mapping_path, None if mapping_path else source_tables(source))
+    was imported before, nothing added). ``mapping_path``: a mapping file, or a mapping already read."""
+    if isinstance(mapping_path, Mapping):
+        mapping = mapping_path
+    else:
+        mapping = load_mapping(mapping_path, None if mapping_path else source_tables(source))
     batches = read_batches(settings)
     if increment and not batches:
         raise MappingError(
@@ -157,6 +160,89 @@ def import_dataset(
         },
     )
     return record
+
+
+INBOX_DONE = "imported"  # inbox/<export>/ moves to inbox/imported/<export>/ once imported
+CONTRACT_EXPORT = "export.json"  # an export already in the contracts' shape (the simulator's days)
+
+
+def add_batch(settings: Settings, tables: dict[str, pd.DataFrame], source: str, end: pd.Timestamp) -> dict:
+    """Add rows already in the contracts' shape as the dataset's next raw batch (validation judges
+    them like any other); the same content twice is skipped. Returns the batch record."""
+    tables = {t: df for t, df in tables.items() if len(df)}
+    batches = read_batches(settings)
+    digest = _content_hash(tables)
+    same = next((b for b in batches if b["content_hash"] == digest), None)
+    if same is not None:
+        return same | {"skipped": True}
+    batch_id = f"b{len(batches) + 1:04d}"
+    for table, df in tables.items():
+        (settings.raw_dir / table).mkdir(parents=True, exist_ok=True)
+        df.to_parquet(settings.raw_dir / table / f"{batch_id}.parquet", index=False)
+    record = {
+        "batch_id": batch_id,
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "content_hash": digest,
+        "rows": {t: len(df) for t, df in tables.items()},
+        "rejected_on_import": {},
+        "notes": [],
+    }
+    write_batches(settings, [*batches, record])
+    meta = read_meta(settings)
+    write_meta(settings, meta | {"end": max(pd.Timestamp(meta["end"]), pd.Timestamp(end))})
+    return record
+
+
+def pending_exports(settings: Settings) -> list[Path]:
+    """Export folders waiting in ``<dataset>/inbox/`` (oldest name first)."""
+    inbox = settings.dataset_dir / "inbox"
+    return sorted(p for p in inbox.iterdir() if p.is_dir() and p.name != INBOX_DONE) if inbox.is_dir() else []
+
+
+def import_pending(settings: Settings) -> list[dict]:
+    """Import every export waiting in the inbox as the next batch, oldest first, and move it to
+    ``inbox/imported/``: through the dataset's own mapping (its first import's), or as contract
+    rows where the export says so (:data:`CONTRACT_EXPORT`). Safe to repeat: an export imported
+    before (same content) is skipped, a moved one is not seen again."""
+    records = []
+    for folder in pending_exports(settings):
+        marker = folder / CONTRACT_EXPORT
+        if marker.exists():
+            info = json.loads(marker.read_text())
+            tables = {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+            record = add_batch(settings, tables, f"inbox/{folder.name}", pd.Timestamp(info["end"]))
+        else:
+            meta = read_meta(settings)
+            if "mapping" not in meta:
+                raise MappingError(
+                    f"inbox/{folder.name}: dataset {settings.dataset!r} has no mapping to read it with:"
+                    " import its first export with `loyalty-ml data import`"
+                )
+            record = import_dataset(settings, folder, Mapping.model_validate(meta["mapping"]), increment=True)
+        done = folder.parent / INBOX_DONE / folder.name
+        done.parent.mkdir(exist_ok=True)
+        shutil.rmtree(done, ignore_errors=True)
+        folder.rename(done)
+        records.append(record | {"export": folder.name})
+    return records
+
+
+def advance_simulation(settings: Settings, days: int, sent: pd.DataFrame) -> dict:
+    """The simulated world's next ``days`` (:func:`training.data.advance.advance_world`), written
+    to the inbox as one export, as a retailer's daily export would arrive."""
+    from training.data.advance import advance_world
+
+    members = _raw_parts(settings, "members")
+    out = advance_world(settings.dataset_dir, days, sent, members)
+    folder = settings.dataset_dir / "inbox" / f"sim-{out['start']:%Y%m%d}-{days}d"
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, df in out["tables"].items():
+        df.to_parquet(folder / f"{table}.parquet", index=False)
+    (folder / CONTRACT_EXPORT).write_text(json.dumps({"start": str(out["start"]), "end": str(out["end"])}))
+    return {"export": folder.name, "start": out["start"], "end": out["end"]} | {
+        f"rows_{t}": len(df) for t, df in out["tables"].items()
+    }
 
 
 def _content_hash(tables: dict[str, pd.DataFrame]) -> str:

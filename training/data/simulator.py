@@ -22,6 +22,7 @@ from 1k to 1M members.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -499,7 +500,31 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
         "ground_truth/members": truth_members,
         "ground_truth/fraud": fraud,
         "ground_truth/fraud_entries": fraud_entries,
+        # where the world stands at its end: what `data simulate --advance` continues from
+        "ground_truth/state": world_state(lat.ids, alive & (lat.join_day <= cfg.days), recency, ledger),
     }
+
+
+def world_state(ids: np.ndarray, alive: np.ndarray, recency: np.ndarray, ledger: pd.DataFrame) -> pd.DataFrame:
+    """Per member: alive, days since the last purchase, points balance (the ledger's last row)."""
+    balance = ledger.groupby("member_id")["balance"].last() if len(ledger) else pd.Series(dtype="int64")
+    return pd.DataFrame(
+        {
+            "member_id": ids,
+            "alive": np.asarray(alive, dtype=bool),
+            "recency": np.asarray(recency, dtype=float),
+            "points_balance": balance.reindex(ids).fillna(0).astype("int64").to_numpy(),
+        }
+    )
+
+
+def read_truth(truth_dir: Path, name: str) -> pd.DataFrame:
+    """A ground-truth table: the simulation's file plus the parts each ``--advance`` added."""
+    parts = [truth_dir / f"{name}.parquet", *sorted((truth_dir / name).glob("*.parquet"))]
+    frames = [pd.read_parquet(p) for p in parts if p.exists()]
+    if not frames:
+        raise FileNotFoundError(f"{truth_dir / name}.parquet missing: simulate the dataset first")
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def _lines_frame(
@@ -779,9 +804,8 @@ def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True) -> dict[str, 
     """Simulate ``cfg.n_members`` members into ``out_dir``; returns row counts per table."""
     out_dir = Path(out_dir)
     for sub in ("raw", "ground_truth"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)  # with the parts an advance added
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-        for old in (out_dir / sub).glob("*.parquet"):
-            old.unlink()
     cat = make_catalogue(cfg)
     cat["items"].to_parquet(out_dir / "raw" / "items.parquet", index=False)
     cat["offers"].to_parquet(out_dir / "raw" / "offers.parquet", index=False)
@@ -810,6 +834,7 @@ def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True) -> dict[str, 
         "counts": counts,
         "cutoff": str(cfg.start_ts + pd.Timedelta(days=cfg.cutoff_day)),
         "end": str(cfg.end_ts),
+        "days_simulated": cfg.days,  # grows with each `data simulate --advance`
     }
     (out_dir / "ground_truth" / "simulation.json").write_text(json.dumps(meta, indent=2, default=str))
     return counts

@@ -106,5 +106,6 @@ def run(
             test.drop(columns=["spend_next"]),
             register_model,
             train=train.drop(columns=["spend_next"]),
+            scores={"churn_probability": p},
         )
         return JobResult("churn", run.info.run_id, metrics, comparison, decision)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from kernel.settings import Settings
 from training.datasets import JobNotApplicable
+from training.drift import DRIFT_REFERENCE, SCORE_PREFIX, reference_profile
 from training.registry import Decision, register, save_holdout
 from training.tracking import log_datasets, log_model
 
@@ -37,10 +39,19 @@ def finish(
     register_model: bool = True,
     params: dict | None = None,
     train: pd.DataFrame | None = None,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> Decision | None:
-    """Log the data as dataset inputs, the pyfunc, and register it as challenger (or first
-    champion). Call inside the job run."""
+    """Log the data as dataset inputs, the drift reference (the model's input columns in
+    ``train``, and ``scores``: its outputs on the holdout), the pyfunc, and register it as
+    challenger (or first champion). Call inside the job run."""
     log_datasets({"training": train, "holdout": holdout} if train is not None else {"holdout": holdout}, job)
+    reference = {}
+    if train is not None:
+        reference = reference_profile(train, [c for c in example.columns if c != "member_id" and c in train.columns])
+    for name, values in (scores or {}).items():
+        reference[f"{SCORE_PREFIX}{name}"] = reference_profile(pd.DataFrame({name: values}))[name]
+    if reference:
+        mlflow.log_dict(reference, DRIFT_REFERENCE)
     holdout_name = save_holdout(settings, job, holdout)
     mlflow.set_tag("holdout", holdout_name)
     info = log_model(estimator, kind, example, params=params)

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 from features.store import get_store, training_frame  # noqa: E402
 from kernel.curated import exposures_with_responses, load_curated, read_meta  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
+from training.data.simulator import read_truth
 from training.evaluation.campaign import (  # noqa: E402
     ROI_ADJUST_BELOW,
     ROI_EXPAND_ABOVE,
@@ -59,7 +60,7 @@ def evaluate_campaigns(settings: Settings, campaign: str | None = None, segments
     notes = [] if has_control else ["no control group: lift, incremental revenue and ROI are not identified"]
     truth_path = settings.ground_truth_dir / "exposures.parquet"
     if read_meta(settings).get("source") == "simulator" and truth_path.exists():
-        truth = pd.read_parquet(truth_path).merge(exp[["exposure_id"]], on="exposure_id")
+        truth = read_truth(settings.ground_truth_dir, "exposures").merge(exp[["exposure_id"]], on="exposure_id")
         for name, key in (("campaign", "campaign_id"), ("offer", "offer_id")):
             columns = ["true_roi", "true_decision"]
             tables[name] = tables[name].merge(true_economics(truth, [key])[[key, *columns]], on=key, how="left")
@@ -142,5 +143,8 @@ def logged_from_service(state, reward_event: str = "redemption") -> pd.DataFrame
     fb = state.events(reward_event)
     rewarded = set(zip(fb["decision_id"], fb["offer_id"], strict=True))
     dec["reward"] = [float((d, a) in rewarded) for d, a in zip(dec["decision_id"], dec["action"], strict=True)]
-    dec["candidates"] = dec.pop("payload").map(lambda p: json.loads(p).get("candidates", []))
-    return dec[dec["candidates"].map(len) > 0].reset_index(drop=True)
+    payload = dec.pop("payload").map(json.loads)
+    dec["candidates"] = payload.map(lambda p: p.get("candidates", []))
+    # the control group was shown nothing: its decisions are not the policy's actions
+    shown = ~payload.map(lambda p: bool(p.get("control"))).astype(bool)
+    return dec[shown & (dec["candidates"].map(len) > 0)].reset_index(drop=True)

@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from kernel.constants import SERVICE_CAMPAIGN
 from kernel.curated import exposures_with_responses, load_curated
 from kernel.settings import Settings
 from models.uplift import PropensityModel, UpliftModel, pair_features
@@ -22,6 +23,7 @@ from training.tracking import job_run, log_figure, log_table
 
 SERVICE = "offer_v1"
 METRIC, MARGIN = "qini", 0.0
+MAX_WEIGHT = 20.0  # inverse-propensity weights are clipped: a few rare choices must not carry an arm
 OUTCOMES = ["treatment", "converted", "redeemed", "revenue", "propensity", "campaign_id", "exposure_id", "channel"]
 
 
@@ -50,18 +52,53 @@ def split_by_campaign(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     return frame[~test], frame[test], how
 
 
+def ipw_weights(frame: pd.DataFrame, clip: float = MAX_WEIGHT) -> np.ndarray:
+    """Sample weights: 1 for randomised campaigns; for the service's own logged exposures the
+    inverse of the logged propensity (the probability that the policy chose that offer and arm),
+    clipped at ``clip`` and scaled to mean 1 within each arm, so that the logs count as many rows
+    as they are while the offers the policy favoured stop dominating each arm's model."""
+    w = np.ones(len(frame))
+    logged = (frame["campaign_id"] == SERVICE_CAMPAIGN).to_numpy()
+    if not logged.any():
+        return w
+    p = pd.to_numeric(frame["propensity"], errors="coerce").to_numpy(dtype=float)
+    inv = np.where(np.isfinite(p) & (p > 0), 1.0 / np.where(p > 0, p, 1.0), 1.0)
+    inv = np.minimum(inv, clip)
+    treated = frame["treatment"].to_numpy(bool)
+    for arm in (treated, ~treated):
+        rows = logged & arm
+        if rows.any():
+            w[rows] = inv[rows] / inv[rows].mean()
+    return w
+
+
 def run(settings: Settings, learner: str = "t", params: dict | None = None, register_model: bool = True) -> JobResult:
     ctx = context(settings)
     exp = exposures_with_responses(settings)
     if exp.empty or exp["campaign_id"].nunique() == 0:
         raise JobNotApplicable(f"dataset {settings.dataset!r} has no campaign exposures: no offer model to train")
     offers = load_curated(settings, "offers")
+    # a response can still come for exposures younger than the response window: not yet labels
+    closed = pd.to_datetime(exp["ts"]) <= ctx.end - pd.Timedelta(days=settings.response_window_days)
+    exp = exp[closed]
     entity = exp.rename(columns={"ts": "event_timestamp"})[["member_id", "event_timestamp", "offer_id", *OUTCOMES]]
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"]).dt.tz_localize("UTC")
     has_control = entity["treatment"].nunique() == 2
+    logged = entity["campaign_id"] == SERVICE_CAMPAIGN
     with job_run(settings, "uplift", SERVICE, feature_refs(ctx, SERVICE), has_control=has_control) as run:
         frame = pair_features(None, offers, pairs=with_features(ctx, entity, SERVICE))
-        train, test, split = split_by_campaign(frame)
+        is_logged = (frame["campaign_id"] == SERVICE_CAMPAIGN).to_numpy()
+        # the holdout is a randomised campaign (an unbiased Qini); the service's logs only train
+        train, test, split = split_by_campaign(frame[~is_logged]) if (~is_logged).any() else split_by_campaign(frame)
+        if (~is_logged).any():
+            train = pd.concat([train, frame[is_logged]])
+        data_used = (
+            f"randomised campaigns: {int((~logged).sum())} exposures"
+            f"; the service's own logged exposures: {int(logged.sum())}"
+            + (f" (inverse-propensity weighted, weights clipped at {MAX_WEIGHT:g})" if logged.any() else "")
+            + f"; left out, response window still open: {int((~closed).sum())}"
+        )
+        mlflow.set_tag("data_used", data_used)
         mlflow.log_params(
             {
                 "learner": learner if has_control else "propensity_only",
@@ -70,10 +107,13 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
                 "test_rows": len(test),
                 "treated_share": round(float(entity["treatment"].mean()), 4),
                 "offers": offers["offer_id"].nunique(),
+                "randomised_rows": int((~logged).sum()),
+                "service_logged_rows": int(logged.sum()),
+                "open_window_rows": int((~closed).sum()),
             }
         )
         rows: dict[str, dict] = {}
-        notes: list[str] = []
+        notes: list[str] = [f"data used: {data_used}"]
         if not has_control:
             notes.append(
                 "no control group in these exposures: uplift is not identified, so only the propensity is learned"
@@ -91,7 +131,9 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             metric_name = "redeem_roc_auc"
         else:
             model = UpliftModel(learner=learner, params=params, seed=settings.seed)
-            model.fit(features_only(train), train["treatment"], train["converted"], train["redeemed"])
+            model.fit(
+                features_only(train), train["treatment"], train["converted"], train["redeemed"], ipw_weights(train)
+            )
             pred = model.predict(features_only(test))
             t, y = test["treatment"].to_numpy(), test["converted"].to_numpy()
             true_uplift = _true_uplift(ctx, test) if ctx.simulated else None

@@ -1,0 +1,153 @@
+"""The closed loop on the simulator: does the next-best-offer learn from what it sends?
+
+    python bench/loop_bench.py [--members 2000] [--weeks 8] [--cohort-share 0.15] [--data-dir DIR]
+
+A fresh world (its own data dir), churn and offer champions trained once. Then every day: the
+service decides for a random cohort of consenting members (exploration 0.1, control group 0.1),
+the marketing system sends what it answers, the world answers from its true response model
+(`loyalty-ml data simulate --advance 1`), and `loyalty-ml daily` imports the day, snapshots,
+materialises and, weekly, retrains and promotes through the gate.
+
+Per week: the true incremental margin of what the NBO sent, and of the oracle (best true value),
+propensity-only (highest predicted redemption) and random policies on the same cohort members
+(those not held out), the same eligible offers and the same number of sends. The learning curve
+(each policy's share of the oracle) goes to MLflow (experiment ``loyalty-loop-bench``) as a table
+and a plot. Last line: ``SUMMARY loop_bench weeks=8 nbo_over_oracle_week1=X nbo_over_oracle_week8=Y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--members", type=int, default=2000)
+    ap.add_argument("--weeks", type=int, default=8)
+    ap.add_argument("--cohort-share", type=float, default=0.15)
+    ap.add_argument("--data-dir", type=Path, default=ROOT / ".loyalty-loop")
+    args = ap.parse_args()
+
+    import numpy as np
+    import pandas as pd
+
+    from features.store import apply, materialize
+    from kernel.curated import dataset_end, load_curated
+    from kernel.settings import Settings
+    from serving.marketing import send_cohort
+    from serving.runtime import DecisionRuntime
+    from training.data.advance import world_end
+    from training.data.ingest import simulate_dataset, validate_dataset
+    from training.evaluation.policy import pick, true_value
+    from training.featurize import build_feature_tables
+    from training.jobs import JOBS
+
+    env = {"LOYALTY_DATA_DIR": str(args.data_dir), "LOYALTY_CONTROL_SHARE": "0.1", "LOYALTY_EXPLORATION_RATE": "0.1"}
+    os.environ.update(env)
+    settings = Settings()
+    started = time.perf_counter()
+    simulate_dataset(settings, args.members, progress=False)
+    validate_dataset(settings)
+    build_feature_tables(settings, progress=False)
+    apply(settings)
+    materialize(settings, dataset_end(settings))
+    for job in ("churn", "uplift"):
+        JOBS[job].run(settings)
+    print(f"world of {args.members} members ready in {time.perf_counter() - started:.0f} s", flush=True)
+
+    runtime = DecisionRuntime(settings)
+    members = load_curated(settings, "members")
+    audience = members.loc[members["consent_personalisation"], "member_id"].to_numpy()
+    truth = pd.read_parquet(settings.ground_truth_dir / "uplift.parquet")
+    values = true_value(truth, runtime.offers, settings.margin_rate)
+    rng = np.random.default_rng(settings.seed)
+    rows = []
+    for week in range(1, args.weeks + 1):
+        totals = dict.fromkeys(("nbo", "oracle", "propensity_only", "random"), 0.0)
+        sends = 0
+        for _ in range(7):
+            day = world_end(settings.ground_truth_dir)
+            ts = int((day + pd.Timedelta(hours=10)).timestamp())
+            alive = pd.read_parquet(settings.ground_truth_dir / "state.parquet").set_index("member_id")["alive"]
+            cohort = rng.choice(audience, int(args.cohort_share * len(audience)), replace=False).tolist()
+            pairs, _ = runtime.score_batch(cohort, ts)  # the eligible offers, before anything is sent
+            result = send_cohort(runtime, cohort, ts)
+            keys = pd.MultiIndex.from_frame(pairs[["member_id", "offer_id"]])
+            pairs["true_value"] = values.reindex(keys).to_numpy() * alive.reindex(pairs["member_id"]).to_numpy()
+            pairs["random"] = rng.random(len(pairs))
+            sent = pd.MultiIndex.from_tuples(list(result.offers.items()), names=["member_id", "offer_id"])
+            sent_value = values.reindex(sent).fillna(0).to_numpy()
+            totals["nbo"] += float((sent_value * alive.reindex(sent.get_level_values(0)).to_numpy()).sum())
+            reached = pairs[~pairs["member_id"].isin(result.control)]  # the control group gets nothing
+            stock = runtime.stock_left().clip(lower=0).astype(int).to_dict()
+            for policy, score, positive in (
+                ("oracle", "true_value", True),
+                ("propensity_only", "p_redeem", False),
+                ("random", "random", False),
+            ):
+                totals[policy] += float(pick(reached, score, result.sent, stock, positive)["true_value"].sum())
+            sends += result.sent
+            _cli(env, "data", "simulate", "--advance", "1")
+            daily = ["daily", "--as-of", str((day + pd.Timedelta(days=1)).date()), "--retrain-every", "7d"]
+            _cli(env, *daily, "--job", "uplift", "--job", "churn")
+            runtime.refresh_models()
+        oracle = totals["oracle"]
+        for policy, value in totals.items():
+            rows.append(
+                {
+                    "week": week,
+                    "policy": policy,
+                    "true_incremental_margin": round(value, 2),
+                    "share_of_oracle": round(value / oracle, 3) if oracle > 0 else float("nan"),
+                    "sends": sends,
+                    "uplift_version": runtime.served.versions.get("uplift"),
+                }
+            )
+        week_rows = pd.DataFrame(rows[-4:])
+        print(week_rows.to_string(index=False), flush=True)
+    table = pd.DataFrame(rows)
+    _log(settings, table, args)
+    curve = table[table["policy"] == "nbo"].set_index("week")["share_of_oracle"]
+    with pd.option_context("display.width", 200):
+        print(table.pivot(index="week", columns="policy", values="share_of_oracle").to_string())
+    print(f"loop took {time.perf_counter() - started:.0f} s")
+    print(
+        f"SUMMARY loop_bench weeks={args.weeks} nbo_over_oracle_week1={curve.iloc[0]:.2f}"
+        f" nbo_over_oracle_week{args.weeks}={curve.iloc[-1]:.2f}"
+    )
+
+
+def _cli(env: dict, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *args], env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"loyalty-ml {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def _log(settings, table, args) -> None:
+    import mlflow
+
+    from training import plots
+    from training.tracking import configure, log_table
+
+    configure(settings, "loyalty-loop-bench")
+    with mlflow.start_run(run_name=f"loop {args.weeks} weeks, {args.members} members"):
+        mlflow.log_params({"members": args.members, "weeks": args.weeks, "cohort_share": args.cohort_share})
+        for r in table[table["policy"] == "nbo"].itertuples():
+            mlflow.log_metric("nbo_over_oracle", r.share_of_oracle, step=r.week)
+        log_table(table, "learning_curve.json")
+        mlflow.log_figure(plots.learning_curve(table), "plots/learning_curve.png")
+
+
+if __name__ == "__main__":
+    main()
