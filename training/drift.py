@@ -33,16 +33,24 @@ def reference_profile(frame: pd.DataFrame, columns: list[str] | None = None, bin
         s = frame[col]
         if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
             values = s.astype("string").fillna(MISSING)
-            top = values.value_counts().head(TOP_CATEGORIES).index.tolist()
+            counts = values.value_counts()
+            # only values shared by 1% of rows: an identifier-like column stores no one's value
+            top = counts[counts >= 0.01 * len(values)].head(TOP_CATEGORIES).index.tolist()
             out[col] = {"kind": "categorical", "categories": top, "shares": _categorical_shares(values, top)}
             continue
-        x = pd.to_numeric(s, errors="coerce").astype(float)
+        x = _as_float(s)
         finite = x[np.isfinite(x)]
         if finite.empty:
             continue
         edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
         out[col] = {"kind": "numeric", "edges": edges.tolist(), "shares": _numeric_shares(x, edges)}
     return out
+
+
+def _as_float(s: pd.Series) -> pd.Series:
+    """Numbers as float64 with NaN for missing (nullable Int64/Float64 columns included)."""
+    x = pd.to_numeric(s, errors="coerce")
+    return pd.Series(np.asarray(x.astype("Float64").to_numpy(dtype=float, na_value=np.nan)), index=s.index)
 
 
 def _numeric_shares(x: pd.Series, edges: np.ndarray) -> list[float]:
@@ -74,7 +82,7 @@ def feature_psi(profile: dict, values: pd.Series) -> float:
     if profile["kind"] == "categorical":
         actual = _categorical_shares(values.astype("string").fillna(MISSING), profile["categories"])
     else:
-        actual = _numeric_shares(pd.to_numeric(values, errors="coerce").astype(float), np.asarray(profile["edges"]))
+        actual = _numeric_shares(_as_float(values), np.asarray(profile["edges"]))
     return psi(profile["shares"], actual)
 
 

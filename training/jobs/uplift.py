@@ -79,7 +79,9 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
         raise JobNotApplicable(f"dataset {settings.dataset!r} has no campaign exposures: no offer model to train")
     offers = load_curated(settings, "offers")
     # a response can still come for exposures younger than the response window: not yet labels
-    closed = pd.to_datetime(exp["ts"]) <= ctx.end - pd.Timedelta(days=settings.response_window_days)
+    closed = (exp["campaign_id"] != SERVICE_CAMPAIGN) | (
+        pd.to_datetime(exp["ts"]) <= ctx.end - pd.Timedelta(days=settings.response_window_days)
+    )  # the service's own sends: their answers still arrive day by day
     exp = exp[closed]
     entity = exp.rename(columns={"ts": "event_timestamp"})[["member_id", "event_timestamp", "offer_id", *OUTCOMES]]
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"]).dt.tz_localize("UTC")
