@@ -33,11 +33,11 @@ from training.data.simulator import (
     _category_preference,
     _conversion_probs,
     _hazard,
-    _lines_frame,
     _make_latent,
-    _sample_items,
     _season,
+    conversion_lines,
     make_catalogue,
+    order_lines,
 )
 
 SENT_COLUMNS = ["exposure_id", "member_id", "offer_id", "ts", "channel", "treatment", "propensity", "campaign_id"]
@@ -219,36 +219,16 @@ def _orders(cfg, cat, rng, lat, chunk_no, d0, order_member, order_day, conv) -> 
     response (conversion, redemption, revenue) of each of those conversions."""
     items = cat["items"]
     om, od = np.concatenate(order_member), np.concatenate(order_day)
-    ch_names = np.array(["store", "online", "app"], dtype=object)
-    u = rng.random(len(om))
-    och = ch_names[(np.cumsum(lat.channel_pref[om], axis=1) < u[:, None]).sum(axis=1).clip(0, 2)]
-    n_lines = 1 + rng.poisson(1.5, len(om))
-    line_order = np.repeat(np.arange(len(om)), n_lines)
-    line_item = _sample_items(rng, lat.item_prob, om[line_order])
-    order_ids = np.char.add(f"A{d0}C{chunk_no}R", np.arange(len(om)).astype(str)).astype(object)
-    parts = [_lines_frame(rng, cfg, items, lat, om, od, och, line_order, line_item, order_ids=order_ids)]
+    parts = [order_lines(rng, cfg, items, lat, om, od, f"A{d0}C{chunk_no}R")]
     responses = pd.DataFrame(
         columns=["exposure_id", "member_id", "offer_id", "redeemed", "converted", "response_ts", "revenue"]
     )
     if len(conv):
         rows = pd.Index(lat.ids).get_indexer(conv["member_id"])
         cats = conv["category"].to_numpy(int)
-        masked = lat.item_prob[rows] * (cat["item_category"][None, :] == cats[:, None])
-        masked /= masked.sum(axis=1, keepdims=True)
-        conv_item = _sample_items(rng, masked, np.arange(len(rows)))
         conv_ids = ("X" + conv["exposure_id"].astype(str)).to_numpy(dtype=object)
-        lines = _lines_frame(
-            rng,
-            cfg,
-            items,
-            lat,
-            rows,
-            conv["conv_day"].to_numpy(int),
-            np.full(len(rows), "campaign", dtype=object),
-            np.arange(len(rows)),
-            conv_item,
-            order_ids=conv_ids,
-        )
+        days = conv["conv_day"].to_numpy(int)
+        lines = conversion_lines(rng, cfg, items, cat["item_category"], lat, rows, days, cats, conv_ids)
         parts.append(lines)
         responses = pd.DataFrame(
             {

@@ -379,45 +379,12 @@ def _simulate_chunk(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int
     # ---- orders -> transaction lines
     om = np.concatenate(order_member) if order_member else np.empty(0, dtype=np.int64)
     od = np.concatenate(order_day) if order_day else np.empty(0, dtype=np.int64)
-    ch_names = np.array(["store", "online", "app"], dtype=object)
-    u = rng.random(len(om))
-    och = ch_names[(np.cumsum(lat.channel_pref[om], axis=1) < u[:, None]).sum(axis=1).clip(0, 2)]
-    n_lines = 1 + rng.poisson(1.5, len(om))
-    line_order = np.repeat(np.arange(len(om)), n_lines)
-    line_item = _sample_items(rng, lat.item_prob, om[line_order])
-    txn = _lines_frame(
-        rng,
-        cfg,
-        items,
-        lat,
-        om,
-        od,
-        och,
-        line_order,
-        line_item,
-        order_ids=np.char.add(f"C{chunk_no}R", np.arange(len(om)).astype(str)).astype(object),
-    )
+    txn = order_lines(rng, cfg, items, lat, om, od, f"C{chunk_no}R")
 
     # campaign conversions become orders in the promoted category
     conv_txn = []
     for m_rows, days, cats, conv_ids in conv_orders:
-        masked = lat.item_prob[m_rows] * (cat_of_item[None, :] == cats[:, None])
-        masked /= masked.sum(axis=1, keepdims=True)
-        conv_item = _sample_items(rng, masked, np.arange(len(m_rows)))
-        conv_txn.append(
-            _lines_frame(
-                rng,
-                cfg,
-                items,
-                lat,
-                m_rows,
-                days,
-                np.full(len(m_rows), "campaign", dtype=object),
-                np.arange(len(m_rows)),
-                conv_item,
-                order_ids=conv_ids,
-            )
-        )
+        conv_txn.append(conversion_lines(rng, cfg, items, cat_of_item, lat, m_rows, days, cats, conv_ids))
     exposures_df = pd.concat(exposures, ignore_index=True) if exposures else pd.DataFrame()
     if conv_txn:
         conv_df = pd.concat(conv_txn, ignore_index=True)
@@ -525,6 +492,29 @@ def read_truth(truth_dir: Path, name: str) -> pd.DataFrame:
     if not frames:
         raise FileNotFoundError(f"{truth_dir / name}.parquet missing: simulate the dataset first")
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def order_lines(rng, cfg, items, lat, om: np.ndarray, od: np.ndarray, prefix: str) -> pd.DataFrame:
+    """Regular orders (member row ``om`` on day ``od``) -> transaction lines: a channel from the
+    member's channel mix, 1 + Poisson(1.5) lines from their preferences, ids ``prefix`` + number."""
+    ch_names = np.array(["store", "online", "app"], dtype=object)
+    u = rng.random(len(om))
+    och = ch_names[(np.cumsum(lat.channel_pref[om], axis=1) < u[:, None]).sum(axis=1).clip(0, 2)]
+    n_lines = 1 + rng.poisson(1.5, len(om))
+    line_order = np.repeat(np.arange(len(om)), n_lines)
+    line_item = _sample_items(rng, lat.item_prob, om[line_order])
+    order_ids = np.char.add(prefix, np.arange(len(om)).astype(str)).astype(object)
+    return _lines_frame(rng, cfg, items, lat, om, od, och, line_order, line_item, order_ids=order_ids)
+
+
+def conversion_lines(rng, cfg, items, item_category, lat, rows, days, cats, order_ids) -> pd.DataFrame:
+    """Offer conversions -> one-line orders on channel ``campaign``, the item drawn from the
+    member's preferences within the promoted category ``cats``."""
+    masked = lat.item_prob[rows] * (item_category[None, :] == cats[:, None])
+    masked /= masked.sum(axis=1, keepdims=True)
+    item = _sample_items(rng, masked, np.arange(len(rows)))
+    channel = np.full(len(rows), "campaign", dtype=object)
+    return _lines_frame(rng, cfg, items, lat, rows, days, channel, np.arange(len(rows)), item, order_ids=order_ids)
 
 
 def _lines_frame(
