@@ -1,6 +1,7 @@
 """The closed loop on the simulator: does the next-best-offer learn from what it sends?
 
     python bench/loop_bench.py [--members 2000] [--weeks 8] [--cohort-share 0.15] [--data-dir DIR]
+                               [--randomised-campaigns K]
 
 A fresh world (its own data dir), churn and offer champions trained once. Then every day: the
 service decides for a random cohort of consenting members (exploration 0.1, control group 0.1),
@@ -35,33 +36,35 @@ def main() -> None:
     ap.add_argument("--weeks", type=int, default=8)
     ap.add_argument("--cohort-share", type=float, default=0.15)
     ap.add_argument("--data-dir", type=Path, default=ROOT / ".loyalty-loop")
+    ap.add_argument(
+        "--randomised-campaigns",
+        type=int,
+        default=None,
+        help="randomised campaigns the programme ran before the service (the latest K of the simulator's six;"
+        " default all): fewer is a programme that starts the service with little experimental data",
+    )
     args = ap.parse_args()
+    if args.data_dir.exists() and any(args.data_dir.iterdir()):
+        ap.error(f"--data-dir {args.data_dir} is not empty: the loop starts from a fresh world (and its own registry)")
 
     import numpy as np
     import pandas as pd
 
-    from features.store import apply, materialize
-    from kernel.curated import dataset_end, load_curated
+    from kernel.curated import load_curated
     from kernel.settings import Settings
     from serving.marketing import send_cohort
     from serving.runtime import DecisionRuntime
     from training.data.advance import world_end
-    from training.data.ingest import simulate_dataset, validate_dataset
+    from training.data.simulator import SimConfig
     from training.evaluation.policy import pick, true_value
-    from training.featurize import build_feature_tables
-    from training.jobs import JOBS
+    from training.world import simulated_world
 
     env = {"LOYALTY_DATA_DIR": str(args.data_dir), "LOYALTY_CONTROL_SHARE": "0.1", "LOYALTY_EXPLORATION_RATE": "0.1"}
     os.environ.update(env)
     settings = Settings()
     started = time.perf_counter()
-    simulate_dataset(settings, args.members, progress=False)
-    validate_dataset(settings)
-    build_feature_tables(settings, progress=False)
-    apply(settings)
-    materialize(settings, dataset_end(settings))
-    for job in ("churn", "uplift"):
-        JOBS[job].run(settings)
+    offsets = SimConfig().campaign_offsets[-(args.randomised_campaigns or len(SimConfig().campaign_offsets)) :]
+    simulated_world(settings, args.members, jobs=("churn", "uplift"), campaign_offsets=offsets)
     print(f"world of {args.members} members ready in {time.perf_counter() - started:.0f} s", flush=True)
 
     runtime = DecisionRuntime(settings)
@@ -142,7 +145,14 @@ def _log(settings, table, args) -> None:
 
     configure(settings, "loyalty-loop-bench")
     with mlflow.start_run(run_name=f"loop {args.weeks} weeks, {args.members} members"):
-        mlflow.log_params({"members": args.members, "weeks": args.weeks, "cohort_share": args.cohort_share})
+        mlflow.log_params(
+            {
+                "members": args.members,
+                "weeks": args.weeks,
+                "cohort_share": args.cohort_share,
+                "randomised_campaigns": args.randomised_campaigns or "all",
+            }
+        )
         for r in table[table["policy"] == "nbo"].itertuples():
             mlflow.log_metric("nbo_over_oracle", r.share_of_oracle, step=r.week)
         log_table(table, "learning_curve.json")

@@ -46,21 +46,16 @@ def main() -> None:
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from features.store import apply
     from kernel.curated import load_curated
     from kernel.settings import Settings
     from models.cf import CFRecommender, interaction_weights
     from models.churn import DEFAULT_PARAMS, ChurnModel
-    from training.data.ingest import simulate_dataset, validate_dataset
     from training.datasets import context, member_labels, orders, training_times, with_features
-    from training.featurize import build_feature_tables
     from training.jobs.churn import features_only
+    from training.world import simulated_world
 
     settings = Settings()
-    simulate_dataset(settings, args.members, progress=False)
-    validate_dataset(settings)
-    build_feature_tables(settings, progress=False)
-    apply(settings)
+    simulated_world(settings, args.members, online=False)
     ctx = context(settings)
 
     # --- data shared by both measurements

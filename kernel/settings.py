@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     mlflow_artifact_root: str | None = None  # local path or s3://...; default <data_dir>/mlartifacts
     actor: str = Field(default_factory=lambda: os.environ.get("USER") or getpass.getuser())  # recorded on alias moves
     tuning_trials: int = 8  # optuna trials per tuned model
+    # the promotion gate's margin for every job, in its metric's units; unset: each job's own MARGIN.
+    # Negative promotes a challenger unless it is worse by more than that (a retrain on fresher data)
+    promotion_margin: float | None = None
     # daily drift report: a served feature or score whose PSI against the champion's training data
     # reaches this is flagged (0.1-0.25 is commonly read as a moderate shift, above 0.25 a major one)
     drift_psi_warning: float = Field(0.25, gt=0)

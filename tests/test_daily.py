@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from cli.daily import DayError, Journal, parse_cadence, parse_day, retrain_due
 from kernel.constants import SERVICE_CAMPAIGN
 from kernel.settings import Profile, Settings
-from tests.conftest import cli_args, run_cli, run_cli_process
+from tests.conftest import Load, Service, cli_args, run_cli, run_cli_process
 from training.drift import drift_report, feature_psi, reference_profile
 from training.jobs.uplift import MAX_WEIGHT, ipw_weights
 
@@ -154,11 +155,7 @@ DAILY_MEMBERS = 1500
 def daily_world(tmp_path_factory) -> Settings:
     """A small world of its own (the daily cycle changes its data), with churn and offer champions;
     responses count after one day so that three days of service logs already train."""
-    from features.store import apply, materialize
-    from kernel.curated import dataset_end
-    from training.data.ingest import simulate_dataset, validate_dataset
-    from training.featurize import build_feature_tables
-    from training.jobs import JOBS
+    from training.world import simulated_world
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("daily"),
@@ -168,13 +165,7 @@ def daily_world(tmp_path_factory) -> Settings:
         exploration_rate=0.1,
         response_window_days=1,
     )
-    simulate_dataset(settings, DAILY_MEMBERS, progress=False)
-    validate_dataset(settings)
-    build_feature_tables(settings, progress=False)
-    apply(settings)
-    materialize(settings, dataset_end(settings))
-    for job in ("churn", "uplift"):
-        JOBS[job].run(settings)
+    simulated_world(settings, DAILY_MEMBERS, jobs=("churn", "uplift"))
     return settings
 
 
@@ -196,12 +187,51 @@ def _market_day(settings: Settings, day: pd.Timestamp, cohort: int = 300) -> int
     return result.sent
 
 
-def _daily(settings: Settings, day: pd.Timestamp, *extra: str) -> str:
+def _daily(settings: Settings, day: pd.Timestamp, *extra: str, env: dict | None = None) -> str:
     args = cli_args(settings, "daily", "--as-of", str(day.date()), "--job", "uplift", "--job", "churn", *extra)
-    return run_cli(_env(settings), *args, timeout=900)
+    return run_cli(_env(settings) | (env or {}), *args, timeout=900)
 
 
-def test_three_days_in_a_row_then_idempotent_then_resumed_after_a_kill(daily_world):
+def _daily_under_load(settings: Settings, day: pd.Timestamp, log: Path) -> dict:
+    """``daily`` for ``day`` with a retrain while a running service answers four clients; the
+    gate's margin is -1 so that the retrained champions are promoted whatever their scores."""
+    from mlflow.tracking import MlflowClient
+
+    from kernel.constants import CHAMPION
+    from kernel.curated import load_curated
+    from kernel.model_store import use_tracking_store
+
+    use_tracking_store(settings)
+    client, name = MlflowClient(), settings.model_name("uplift")
+    old = int(client.get_model_version_by_alias(name, CHAMPION).version)
+    members = load_curated(settings, "members")
+    ids = members.loc[members["consent_personalisation"], "member_id"].head(40).tolist()
+    # the service's own pseudonym key: the world does not count these load-test decisions as sends
+    svc = Service(settings, log, LOYALTY_MODEL_REFRESH_SECONDS="0.5", **_env(settings)).start()
+    try:
+        fresh_before = httpx.get(svc.url + "/readyz").json()["components"]["feature_store"]
+        with Load(svc, ids) as load:
+            time.sleep(2)
+            _daily(settings, day, "--retrain-every", "2d", env={"LOYALTY_PROMOTION_MARGIN": "-1"})
+            new = int(client.get_model_version_by_alias(name, CHAMPION).version)
+            seen_new = load.wait_for(new)
+            time.sleep(1.5)
+        ready = httpx.get(svc.url + "/readyz").json()
+        log_text = svc.tail(10_000_000)
+    finally:
+        svc.stop()
+    return {
+        "old": old,
+        "new": new,
+        "answers": load.answers,
+        "seen_new": seen_new,
+        "fresh_before": fresh_before,
+        "ready": ready,
+        "log": log_text,
+    }
+
+
+def test_three_days_in_a_row_then_idempotent_then_resumed_after_a_kill(daily_world, tmp_path):
     import mlflow
     import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
@@ -213,16 +243,41 @@ def test_three_days_in_a_row_then_idempotent_then_resumed_after_a_kill(daily_wor
     settings = daily_world
     first = world_end(settings.ground_truth_dir)
     days = [first + pd.Timedelta(days=i) for i in range(4)]
+    swap = {}
     for i, day in enumerate(days[:3]):
         assert _market_day(settings, day) > 0
         out = run_cli(_env(settings), *cli_args(settings, "data", "simulate", "--advance", "1"))
         assert "offers_sent" in out
-        _daily(settings, day + pd.Timedelta(days=1), "--retrain-every", "2d")
-        journal = Journal(settings.dataset_dir / "daily" / str((day + pd.Timedelta(days=1)).date()), day)
+        today = day + pd.Timedelta(days=1)
+        if i == 1:  # the first retrain, promoted while a running service is under load
+            swap = _daily_under_load(settings, today, tmp_path / "service.log")
+        else:  # day 1: no retrain yet; day 3: not due a day after day 2's on a 2-day cadence
+            _daily(settings, today, "--retrain-every", "never" if i == 0 else "2d")
+        journal = Journal(settings.dataset_dir / "daily" / str(today.date()), day)
         assert journal.data["finished"]
         assert journal.result("import")["batches"] == [f"b{i + 1:04d}"]
-        assert journal.result("train")["retrained"] is (i != 1)  # days 1 and 3 on a 2-day cadence
+        assert journal.result("train")["retrained"] is (i == 1)
         assert journal.result("outputs")["churn_list"]["members"] > 0
+    assert (
+        journal.result("train")["reason"]
+        == f"last retrain {days[2].date()}; next due {(days[2] + pd.Timedelta(days=2)).date()}"
+    )
+
+    # day 2's promotion reached the running service without a restart: 0 errors, 0 degraded
+    answers, old, new = swap["answers"], swap["old"], swap["new"]
+    assert new != old and len(answers) > 50
+    assert all(status == 200 for status, *_ in answers), [a for a in answers if a[0] != 200][:5]
+    assert not any(degraded for _, degraded, _, _ in answers)
+    assert {a[2] for a in answers} == {old, new}
+    assert all(a[2] == new for a in answers[swap["seen_new"] + 8 :])  # in-flight ones may finish on the old
+    assert all(a[3] == {"uplift": a[2]} for a in answers)
+    assert "swapped in without restart" in swap["log"]
+    models = swap["ready"]["components"]["models"]
+    assert models["uplift"]["version"] == new and models["churn"]["status"] == "ok"
+    # the day's snapshot was materialised while it served: /readyz shows the fresher features
+    fresh_after = swap["ready"]["components"]["feature_store"]
+    assert pd.Timestamp(swap["fresh_before"]["materialized_to"]).tz_localize(None) == days[1]
+    assert pd.Timestamp(fresh_after["materialized_to"]).tz_localize(None) == days[2]
     # every day's snapshot is in the offline store, once; the online store was loaded up to the last
     stamps = pq.read_table(settings.offline_dir / "member_rfm.parquet", columns=["event_timestamp"]).to_pandas()
     per_day = stamps["event_timestamp"].dt.tz_localize(None).value_counts()

@@ -18,36 +18,10 @@ import pandas as pd
 import pytest
 
 from serving import decisions
-from serving.launch import ServerProcess, free_port, service_cmd, service_env
+from tests.conftest import KEY, Load, Service
 
-KEY = "test-key"
 EVENT_TS = 1_750_000_000  # inside the simulated programme (2025-06-15): earlier or later times are a 422
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Service(ServerProcess):
-    """``bentoml serve`` in a subprocess on the test store; logs go to a file the tests can read."""
-
-    def __init__(self, settings, log: Path, **env):
-        port = free_port()
-        env = {
-            "LOYALTY_DATA_DIR": str(settings.data_dir),
-            "LOYALTY_API_KEYS": KEY,
-            "LOYALTY_PSEUDONYM_KEY": "test-pseudonym-key",
-            # a loaded CI machine must not turn ordinary reads into degraded answers
-            "LOYALTY_FEATURE_TIMEOUT_MS": "5000",
-            **env,
-        }
-        super().__init__(service_cmd(port), port, log, service_env(env))
-
-    def start(self, ready_path: str = "/readyz", timeout: float = 180) -> Service:
-        self.ready_path = ready_path
-        super().start(timeout)
-        return self
-
-    def post(self, path: str, body: dict, key: str | None = KEY) -> httpx.Response:
-        headers = {"X-API-Key": key} if key else {}
-        return httpx.post(self.url + path, json=body, headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -602,8 +576,6 @@ def test_swagger_ui_renders_every_operation(service):
 def test_a_promotion_is_served_without_restart_under_load(settings, trained, members, tmp_path_factory):
     """A new uplift champion lands while four clients keep asking: no error, no degraded
     answer, the service switches to it by itself, and every answer names the version it used."""
-    import threading
-
     from mlflow.tracking import MlflowClient
 
     from kernel.constants import CHAMPION
@@ -615,36 +587,17 @@ def test_a_promotion_is_served_without_restart_under_load(settings, trained, mem
     client, name = MlflowClient(), settings.model_name("uplift")
     old = int(client.get_model_version_by_alias(name, CHAMPION).version)
     ids = members.loc[members["consent_personalisation"].astype(bool), "member_id"].head(40).tolist()
-    answers: list[tuple[int, bool, int | None, dict | None]] = []
-    stop = threading.Event()
-
-    def ask(offset: int) -> None:
-        i = offset
-        while not stop.is_set():
-            res = svc.post("/next_best_offer", {"member_id": ids[i % len(ids)], "max_results": 2})
-            body = res.json() if res.status_code == 200 else {}
-            versions = body.get("trace", [{}])[0].get("versions") if body else None
-            answers.append((res.status_code, body.get("degraded", True), body.get("model_version"), versions))
-            i += 4
-
-    threads = [threading.Thread(target=ask, args=(k,)) for k in range(4)]
     try:
-        for t in threads:
-            t.start()
-        time.sleep(2)
-        new = int(client.copy_model_version(f"models:/{name}/{old}", name).version)
-        client.set_registered_model_alias(name, CHAMPION, str(new))
-        deadline = time.time() + 30
-        while time.time() < deadline and not any(a[2] == new for a in answers):
-            time.sleep(0.2)
-        seen_new = len(answers)
-        time.sleep(1.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        client.set_registered_model_alias(name, CHAMPION, str(old))  # later tests expect the trained champion
-    try:
+        try:
+            with Load(svc, ids) as load:
+                time.sleep(2)
+                new = int(client.copy_model_version(f"models:/{name}/{old}", name).version)
+                client.set_registered_model_alias(name, CHAMPION, str(new))
+                seen_new = load.wait_for(new, timeout=30)
+                time.sleep(1.5)
+        finally:
+            client.set_registered_model_alias(name, CHAMPION, str(old))  # later tests expect the trained champion
+        answers = load.answers
         assert len(answers) > 50 and all(status == 200 for status, *_ in answers), answers[:5]
         assert not any(degraded for _, degraded, _, _ in answers)
         assert {a[2] for a in answers} == {old, new}

@@ -113,7 +113,8 @@ def _wait_ready(client: MlflowClient, name: str, version: str, timeout_s: float 
 
 
 def promote(settings: Settings, job: str, margin: float | None = None) -> Decision:
-    """Promote the challenger if it beats the champion on the challenger's holdout by ``margin``.
+    """Promote the challenger if it beats the champion on the challenger's holdout by ``margin``
+    (default: the setting ``promotion_margin``, else the job's own ``MARGIN``).
 
     Both models are re-scored on the same stored holdout with the job's primary metric, so
     the comparison does not depend on numbers logged at different times on different data.
@@ -121,7 +122,8 @@ def promote(settings: Settings, job: str, margin: float | None = None) -> Decisi
     from training.jobs import JOBS
 
     spec = JOBS[job]
-    margin = spec.margin if margin is None else margin
+    if margin is None:
+        margin = spec.margin if settings.promotion_margin is None else settings.promotion_margin
     configure(settings)
     client = MlflowClient()
     name = settings.model_name(job)

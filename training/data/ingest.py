@@ -36,8 +36,12 @@ BATCH_COLUMN = "batch_id"
 ORDER = ["members", "items", "offers", "transactions", "exposures", "responses", "engagement", "points_ledger"]
 
 
-def simulate_dataset(settings: Settings, n_members: int, seed: int | None = None, progress: bool = True) -> dict:
-    cfg = SimConfig(n_members=n_members, seed=settings.seed if seed is None else seed)
+def simulate_dataset(
+    settings: Settings, n_members: int, seed: int | None = None, progress: bool = True, **config
+) -> dict:
+    """A simulated programme as the dataset's raw tables and ground truth; ``config``: other
+    :class:`SimConfig` fields (e.g. ``campaign_offsets``, the randomised campaigns it has run)."""
+    cfg = SimConfig(n_members=n_members, seed=settings.seed if seed is None else seed, **config)
     shutil.rmtree(settings.raw_dir, ignore_errors=True)  # no batches of an earlier import mix in
     write_batches(settings, [])
     counts = simulate(cfg, settings.dataset_dir, progress=progress)
