@@ -22,7 +22,7 @@ from kernel.constants import SERVICE_CAMPAIGN
 from kernel.settings import Profile, Settings
 from tests.conftest import Load, Service, cli_args, run_cli, run_cli_process
 from training.drift import drift_report, feature_psi, reference_profile
-from training.jobs.uplift import MAX_WEIGHT, ipw_weights
+from training.jobs.uplift import LOGGED_HOLDOUT_SHARE, MAX_WEIGHT, MIN_LOGGED_FOR_HOLDOUT, ipw_weights, split_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,24 @@ def test_logged_exposures_are_weighted_by_inverse_propensity_per_arm():
     raw = np.array([1 / 0.9, 1 / 0.09, MAX_WEIGHT])  # 1/0.001 is clipped
     assert treated == pytest.approx(raw / raw.mean())
     assert w[5] == pytest.approx(1.0)  # a control arm of one row
+
+
+@pytest.mark.unit
+def test_the_latest_logged_exposures_are_held_out_once_there_are_enough():
+    def logged(n: int) -> pd.DataFrame:
+        ts = pd.Timestamp("2025-06-01", tz="UTC") + pd.to_timedelta(np.arange(n) % 20, unit="D")
+        return pd.DataFrame({"event_timestamp": ts, "campaign_id": SERVICE_CAMPAIGN})
+
+    train, test = split_logged(logged(MIN_LOGGED_FOR_HOLDOUT - 1))
+    assert test.empty and len(train) == MIN_LOGGED_FOR_HOLDOUT - 1  # too few: all of them train
+    frame = logged(1000)
+    train, test = split_logged(frame)
+    assert len(train) + len(test) == len(frame)
+    assert train["event_timestamp"].max() < test["event_timestamp"].min()  # later in time, never mixed
+    assert len(test) / len(frame) == pytest.approx(LOGGED_HOLDOUT_SHARE, abs=0.05)
+    # more logs later: the holdout only moves forward, so a champion never trained on it
+    later = pd.concat([frame, frame.assign(event_timestamp=frame["event_timestamp"] + pd.Timedelta(days=20))])
+    assert split_logged(later)[1]["event_timestamp"].min() >= test["event_timestamp"].min()
 
 
 # --------------------------------------------------------------------------- the world, continued

@@ -54,6 +54,20 @@ def test_qini_rewards_ranking_the_treated_responders_first():
     assert qini_coefficient(good, treatment, y) > qini_coefficient(-good, treatment, y)
 
 
+def test_a_weighted_qini_counts_each_row_its_weight_times():
+    """Integer weights give the Qini of the rows repeated; unit weights the unweighted Qini."""
+    rng = np.random.default_rng(3)
+    n = 400
+    treatment, y = rng.random(n) < 0.5, (rng.random(n) < 0.2).astype(int)
+    score, weight = rng.random(n), rng.integers(1, 5, n)
+    repeated = np.repeat(np.arange(n), weight)
+    rows = qini_coefficient(score[repeated], treatment[repeated], y[repeated])
+    # repeated rows tie on score: order them as the weighted curve does (stable, by original row)
+    assert qini_coefficient(score, treatment, y, weight) == pytest.approx(rows, abs=1e-3)
+    assert qini_coefficient(score, treatment, y, np.ones(n)) == pytest.approx(qini_coefficient(score, treatment, y))
+    assert qini_coefficient(score, treatment, y, weight) != pytest.approx(qini_coefficient(score, treatment, y))
+
+
 @pytest.mark.parametrize("algorithm", ["als", "bpr", "item_item"])
 def test_recommendation_lists_never_hold_padding_repeats_or_owned_items(algorithm):
     """A catalogue smaller than k: implicit pads the list; the recommender must not pass that on."""

@@ -50,13 +50,15 @@ def lift_gain(y: np.ndarray, p: np.ndarray) -> plt.Figure:
     return fig
 
 
-def qini(curves: dict[str, np.ndarray], treatment: np.ndarray, y: np.ndarray) -> plt.Figure:
+def qini(
+    curves: dict[str, np.ndarray], treatment: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+) -> plt.Figure:
     """``curves``: label -> score on the same rows (model, propensity-only, oracle, ...)."""
     fig, ax = plt.subplots(figsize=(6, 5))
     for label, score in curves.items():
-        x, q = qini_curve(score, treatment, y)
+        x, q = qini_curve(score, treatment, y, weight)
         ax.plot(x, q, label=label)
-    x, q = qini_curve(np.zeros(len(y)), treatment, y)
+    x, q = qini_curve(np.zeros(len(y)), treatment, y, weight)
     ax.plot([0, 1], [0, q[-1]], "k:", label="random")
     ax.set(xlabel="share targeted", ylabel="incremental responders / rows", title="Qini")
     ax.legend()

@@ -24,6 +24,7 @@ from training.tracking import job_run, log_figure, log_table
 SERVICE = "offer_v1"
 METRIC, MARGIN = "qini", 0.0
 MAX_WEIGHT = 20.0  # inverse-propensity weights are clipped: a few rare choices must not carry an arm
+LOGGED_HOLDOUT_SHARE, MIN_LOGGED_FOR_HOLDOUT = 0.3, 300  # the service's latest logs join the holdout
 OUTCOMES = ["treatment", "converted", "redeemed", "revenue", "propensity", "campaign_id", "exposure_id", "channel"]
 
 
@@ -35,7 +36,8 @@ def score_holdout(model, holdout: pd.DataFrame) -> float:
     pred = model.predict(features_only(holdout))
     if isinstance(model, PropensityModel):
         return classification_metrics(holdout["redeemed"], pred["p_redeem"])["roc_auc"]
-    return uplift_metrics(pred["uplift"], holdout["treatment"], holdout["converted"])[METRIC]
+    weight = ipw_weights(holdout) if "campaign_id" in holdout else None
+    return uplift_metrics(pred["uplift"], holdout["treatment"], holdout["converted"], weight=weight)[METRIC]
 
 
 def split_by_campaign(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -50,6 +52,19 @@ def split_by_campaign(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
         return frame[~test], frame[test], "25% of members"
     test = frame["campaign_id"].isin(test_ids)
     return frame[~test], frame[test], how
+
+
+def split_logged(logged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The service's own closed exposures -> (train, holdout): the latest
+    :data:`LOGGED_HOLDOUT_SHARE` of them by time are held out once there are
+    :data:`MIN_LOGGED_FOR_HOLDOUT`. A randomised campaign tests one offer; these test the choice
+    between offers that the policy makes. Holdouts only move forward in time, so a champion never
+    trained on the rows its challenger is compared on."""
+    if len(logged) < MIN_LOGGED_FOR_HOLDOUT:
+        return logged, logged.iloc[:0]
+    ts = pd.to_datetime(logged["event_timestamp"])
+    test = ts >= ts.quantile(1 - LOGGED_HOLDOUT_SHARE)
+    return logged[~test], logged[test]
 
 
 def ipw_weights(frame: pd.DataFrame, clip: float = MAX_WEIGHT) -> np.ndarray:
@@ -90,10 +105,16 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
     with job_run(settings, "uplift", SERVICE, feature_refs(ctx, SERVICE), has_control=has_control) as run:
         frame = pair_features(None, offers, pairs=with_features(ctx, entity, SERVICE))
         is_logged = (frame["campaign_id"] == SERVICE_CAMPAIGN).to_numpy()
-        # the holdout is a randomised campaign (an unbiased Qini); the service's logs only train
-        train, test, split = split_by_campaign(frame[~is_logged]) if (~is_logged).any() else split_by_campaign(frame)
+        # the holdout: the latest randomised campaign (an unbiased Qini of one offer) and the
+        # service's latest logs (its choices between offers, inverse-propensity weighted)
         if (~is_logged).any():
-            train = pd.concat([train, frame[is_logged]])
+            train, test, split = split_by_campaign(frame[~is_logged])
+            logged_train, logged_test = split_logged(frame[is_logged])
+            train, test = pd.concat([train, logged_train]), pd.concat([test, logged_test])
+            if len(logged_test):
+                split += f" + the service's latest {len(logged_test)} logged exposures"
+        else:
+            train, test, split = split_by_campaign(frame)
         data_used = (
             f"randomised campaigns: {int((~logged).sum())} exposures"
             f"; the service's own logged exposures: {int(logged.sum())}"
@@ -144,8 +165,9 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
                 scores["oracle (true uplift)"] = true_uplift
             rng = np.random.default_rng(settings.seed)
             scores["random"] = rng.random(len(test))
+            weight = ipw_weights(test)
             for label, score in scores.items():
-                rows[label] = uplift_metrics(score, t, y, true_uplift)
+                rows[label] = uplift_metrics(score, t, y, true_uplift, weight=weight)
             metrics = rows[f"{learner}-learner uplift"]
             treated = t.astype(bool)
             metrics |= {
@@ -160,7 +182,7 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             log_metrics(rows["random"], "random_")
             if true_uplift is not None:
                 log_metrics(rows["oracle (true uplift)"], "oracle_")
-            log_figure(plots.qini({k: v for k, v in scores.items() if k != "random"}, t, y), "plots/qini.png")
+            log_figure(plots.qini({k: v for k, v in scores.items() if k != "random"}, t, y, weight), "plots/qini.png")
             metric_value, metric_name = metrics[METRIC], METRIC
             oracle = rows.get("oracle (true uplift)")
             if oracle is not None and oracle["qini"] < metrics["qini"]:
