@@ -44,6 +44,11 @@ def main() -> None:
         " default all): fewer is a programme that starts the service with little experimental data",
     )
     args = ap.parse_args()
+    from training.data.simulator import SimConfig
+
+    campaigns = len(SimConfig().campaign_offsets)
+    if args.randomised_campaigns is not None and not 1 <= args.randomised_campaigns <= campaigns:
+        ap.error(f"--randomised-campaigns must be 1-{campaigns} (the simulator's campaigns)")
     if args.data_dir.exists() and any(args.data_dir.iterdir()):
         ap.error(f"--data-dir {args.data_dir} is not empty: the loop starts from a fresh world (and its own registry)")
 
@@ -55,7 +60,6 @@ def main() -> None:
     from serving.marketing import send_cohort
     from serving.runtime import DecisionRuntime
     from training.data.advance import world_end
-    from training.data.simulator import SimConfig
     from training.evaluation.policy import pick, true_value
     from training.world import simulated_world
 
@@ -63,7 +67,7 @@ def main() -> None:
     os.environ.update(env)
     settings = Settings()
     started = time.perf_counter()
-    offsets = SimConfig().campaign_offsets[-(args.randomised_campaigns or len(SimConfig().campaign_offsets)) :]
+    offsets = SimConfig().campaign_offsets[-(args.randomised_campaigns or campaigns) :]
     simulated_world(settings, args.members, jobs=("churn", "uplift"), campaign_offsets=offsets)
     print(f"world of {args.members} members ready in {time.perf_counter() - started:.0f} s", flush=True)
 
