@@ -182,6 +182,7 @@ def daily_world(tmp_path_factory) -> Settings:
         control_share=0.1,
         exploration_rate=0.1,
         response_window_days=1,
+        feature_timeout_ms=5000,  # a loaded CI machine must not turn ordinary reads into degraded answers
     )
     simulated_world(settings, DAILY_MEMBERS, jobs=("churn", "uplift"))
     return settings
