@@ -233,7 +233,6 @@ def _outputs(settings: Settings, day: pd.Timestamp, folder: Path, budget: float)
     """The churn list (every member, with driver and action) and the day's campaign allocation."""
     from kernel.curated import load_curated
     from kernel.model_store import champion_versions
-    from serving import decisions
     from serving.runtime import DecisionRuntime
     from training.distributed import churn_scores
 
@@ -246,15 +245,10 @@ def _outputs(settings: Settings, day: pd.Timestamp, folder: Path, budget: float)
     else:
         out["churn_list"] = "skipped: no churn champion"
     if versions.get("uplift"):
-        runtime = DecisionRuntime(settings)
         ids = load_curated(settings, "members", columns=["member_id"])["member_id"].tolist()
-        pairs, skipped = runtime.score_batch(ids, int(day.timestamp()))
-        stock = runtime.stock_left().clip(lower=0).astype(int).to_dict()
-        chosen, summary = decisions.allocate(pairs, budget, stock)
+        chosen, summary = DecisionRuntime(settings).allocate_campaign(ids, int(day.timestamp()), budget)
         chosen.to_parquet(folder / "allocation.parquet", index=False)
-        out["allocation"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str)} | {
-            "skipped": skipped
-        }
+        out["allocation"] = summary
     else:
         out["allocation"] = "skipped: no uplift champion"
     return out

@@ -49,7 +49,6 @@ def score_batch(
 ) -> None:
     """Decide offers for a member list with the service's decision code, under a budget and stock."""
     require_dataset(settings_of(ctx))
-    from serving import decisions
     from serving.runtime import DecisionRuntime
 
     try:
@@ -64,13 +63,11 @@ def score_batch(
         fail(ValueError(f"{members_file}: invalid member_id at row {bad.index[0]}: {bad.iloc[0]!r}"))
     runtime = DecisionRuntime(settings_of(ctx))
     try:
-        pairs, skipped = runtime.score_batch(ids.drop_duplicates().tolist(), None)
+        chosen, summary = runtime.allocate_campaign(ids.drop_duplicates().tolist(), None, budget)
     except RuntimeError as err:
         fail(err)
-    stock = runtime.stock_left().clip(lower=0).astype(int).to_dict()
-    chosen, summary = decisions.allocate(pairs, budget, stock)
     chosen.to_parquet(out, index=False)
-    console.print(summary | {"skipped": skipped, "out": str(out)})
+    console.print(summary | {"out": str(out)})
 
 
 def serve(

@@ -512,6 +512,15 @@ class DecisionRuntime:
         answer.benefits = [_benefit(r, r["score"], r["reasons"]) for r in shown]
         return answer
 
+    def allocate_campaign(self, member_ids: list[str], ts: int | None, budget: float) -> tuple[pd.DataFrame, dict]:
+        """A campaign for ``member_ids``: :meth:`score_batch`, then the best pairs within ``budget``
+        and the stock left (:func:`serving.decisions.allocate`). Returns the chosen pairs and the
+        allocation summary with the members left out by reason (``skipped``)."""
+        pairs, skipped = self.score_batch(member_ids, ts)
+        stock = self.stock_left().clip(lower=0).astype(int).to_dict()
+        chosen, summary = decisions.allocate(pairs, budget, stock)
+        return chosen, summary | {"skipped": skipped}
+
     def score_batch(self, member_ids: list[str], ts: int | None, chunk: int = 50_000) -> tuple[pd.DataFrame, dict]:
         """Eligible (member, offer) pairs with expected value, for campaign lists and budget allocation.
 

@@ -126,30 +126,14 @@ def import_dataset(
     out = import_tables(source, mapping)
     digest = _content_hash(out.tables)
     if increment:
-        same = next((b for b in batches if b["content_hash"] == digest), None)
+        same = _imported_before(batches, digest)
         if same is not None:
-            return same | {"skipped": True}
+            return same
     else:
         for folder in (settings.raw_dir, settings.quarantine_dir, settings.curated_dir):
             shutil.rmtree(folder, ignore_errors=True)
         batches = []
-    batch_id = f"b{len(batches) + 1:04d}"
-    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    for table, df in out.tables.items():
-        (settings.raw_dir / table).mkdir(parents=True, exist_ok=True)
-        df.to_parquet(settings.raw_dir / table / f"{batch_id}.parquet", index=False)
-    for table, df in out.rejected.items():
-        _write_quarantine(settings, table, f"import_{batch_id}", df.assign(**{BATCH_COLUMN: batch_id}))
-    record = {
-        "batch_id": batch_id,
-        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": _safe_source(source),
-        "content_hash": digest,
-        "rows": {t: len(df) for t, df in out.tables.items()},
-        "rejected_on_import": {t: len(df) for t, df in out.rejected.items() if len(df)},
-        "notes": out.notes,
-    }
-    write_batches(settings, [*batches, record])
+    record = _write_batch(settings, batches, out.tables, _safe_source(source), digest, out.rejected, out.notes)
     previous = read_meta(settings) if increment else {}
     end = max(pd.Timestamp(previous["end"]), out.end) if previous.get("end") else out.end
     write_meta(
@@ -166,6 +150,44 @@ def import_dataset(
     return record
 
 
+def _imported_before(batches: list[dict], digest: str) -> dict | None:
+    """The record of a batch with the same content, marked ``skipped``; None if there is none."""
+    same = next((b for b in batches if b["content_hash"] == digest), None)
+    return None if same is None else same | {"skipped": True}
+
+
+def _write_batch(
+    settings: Settings,
+    batches: list[dict],
+    tables: dict[str, pd.DataFrame],
+    source: str,
+    digest: str,
+    rejected: dict[str, pd.DataFrame] | None = None,
+    notes: list[str] | None = None,
+) -> dict:
+    """Write ``tables`` as the raw batch after ``batches`` (its rows ``rejected`` on import
+    quarantined under its id) and append its record to the batch list; return the record."""
+    batch_id = f"b{len(batches) + 1:04d}"
+    for table, df in tables.items():
+        (settings.raw_dir / table).mkdir(parents=True, exist_ok=True)
+        df.to_parquet(settings.raw_dir / table / f"{batch_id}.parquet", index=False)
+    rejected = rejected or {}
+    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    for table, df in rejected.items():
+        _write_quarantine(settings, table, f"import_{batch_id}", df.assign(**{BATCH_COLUMN: batch_id}))
+    record = {
+        "batch_id": batch_id,
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "content_hash": digest,
+        "rows": {t: len(df) for t, df in tables.items()},
+        "rejected_on_import": {t: len(df) for t, df in rejected.items() if len(df)},
+        "notes": notes or [],
+    }
+    write_batches(settings, [*batches, record])
+    return record
+
+
 INBOX_DONE = "imported"  # inbox/<export>/ moves to inbox/imported/<export>/ once imported
 CONTRACT_EXPORT = "export.json"  # an export already in the contracts' shape (the simulator's days)
 
@@ -176,23 +198,10 @@ def add_batch(settings: Settings, tables: dict[str, pd.DataFrame], source: str, 
     tables = {t: df for t, df in tables.items() if len(df)}
     batches = read_batches(settings)
     digest = _content_hash(tables)
-    same = next((b for b in batches if b["content_hash"] == digest), None)
+    same = _imported_before(batches, digest)
     if same is not None:
-        return same | {"skipped": True}
-    batch_id = f"b{len(batches) + 1:04d}"
-    for table, df in tables.items():
-        (settings.raw_dir / table).mkdir(parents=True, exist_ok=True)
-        df.to_parquet(settings.raw_dir / table / f"{batch_id}.parquet", index=False)
-    record = {
-        "batch_id": batch_id,
-        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": source,
-        "content_hash": digest,
-        "rows": {t: len(df) for t, df in tables.items()},
-        "rejected_on_import": {},
-        "notes": [],
-    }
-    write_batches(settings, [*batches, record])
+        return same
+    record = _write_batch(settings, batches, tables, source, digest)
     meta = read_meta(settings)
     write_meta(settings, meta | {"end": max(pd.Timestamp(meta["end"]), pd.Timestamp(end))})
     return record
