@@ -1,12 +1,14 @@
 """Targeting policies on the simulator, same members, same eligible offers, same budget.
 
     loyalty-ml demo                      # once: simulated data, features, champion models
-    python bench/policy_bench.py [--members 3000] [--budget-share 0.2]
+    python bench/policy_bench.py [--members 3000] [--budget-share 0.2] [--learners t,x,dr,r]
 
 Random targeting, propensity-only ranking (highest P(redeem)), the service's NBO
 (uplift x value - cost, with its eligibility/consent arbitration) and the oracle (true
 incremental value), each sending at most one offer to at most budget-share x members,
 within stock. Value = the simulator's true incremental margin of what each policy sent.
+``--learners``: the uplift job retrained with each learner (not registered) and the NBO
+policy's value with each, on the same members, offers and budget.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=3000)
     ap.add_argument("--budget-share", type=float, default=0.2)
+    ap.add_argument("--learners", default="", help="comma-separated uplift learners to compare (t,x,dr,r)")
     args = ap.parse_args()
+    learners = [x for x in args.learners.split(",") if x]
+    from models.uplift import LEARNERS as UPLIFT_LEARNERS
+
+    unknown = [x for x in learners if x not in UPLIFT_LEARNERS]
+    if unknown:
+        ap.error(f"--learners: unknown learner {unknown[0]!r} (choose from {', '.join(UPLIFT_LEARNERS)})")
 
     import pandas as pd
 
@@ -53,11 +62,31 @@ def main() -> None:
     )
     v = table["true_incremental_value"]
     ours = v["nbo (uplift x value - cost)"]
+    by_learner = {}
+    if learners:
+        from serving.champions import ServedModels
+        from training.jobs import uplift
+
+        champion = runtime.served
+        for learner in learners:
+            model = uplift.run(settings, learner=learner, register_model=False).model
+            candidate = champion.as_champions()
+            candidate.models["uplift"] = model
+            # the same swap the running service makes on a promotion
+            runtime.served = ServedModels.build(candidate, runtime.offers, runtime.item_category)
+            scored, _ = runtime.score_batch(ids, None)
+            learner_table = compare_policies(scored, values, budget, stock, settings.seed)
+            value = learner_table.loc["nbo (uplift x value - cost)", "true_incremental_value"]
+            by_learner[learner] = value / v["oracle"]
+            share = by_learner[learner]
+            print(f"NBO with the {learner}-learner: true incremental value {value:,.0f} = {share:.2f} of the oracle")
+        runtime.served = champion
     print(
-        f"SUMMARY policy_bench members={len(ids)} budget={budget}: true incremental value ours {ours:,.0f}, "
-        f"oracle {v['oracle']:,.0f}, propensity-only {v['propensity_only']:,.0f}, random {v['random']:,.0f}; "
-        f"ours/oracle {ours / v['oracle']:.2f}, ours/propensity-only "
-        + (f"{ours / v['propensity_only']:.2f}" if v["propensity_only"] > 0 else "n/a (propensity-only value <= 0)")
+        f"SUMMARY policy_bench members={len(ids)} budget={budget} nbo_over_oracle={ours / v['oracle']:.2f}"
+        f" propensity_over_oracle={v['propensity_only'] / v['oracle']:.2f}"
+        f" random_over_oracle={v['random'] / v['oracle']:.2f}"
+        f" champion_learner={getattr(runtime.served.models['uplift'], 'learner', 'propensity')}"
+        + "".join(f" nbo_over_oracle_{k}={x:.2f}" for k, x in by_learner.items())
     )
 
 

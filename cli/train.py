@@ -116,18 +116,29 @@ def train_cf(
 def train_churn(
     ctx: typer.Context,
     snapshots: int = typer.Option(6, min=1, help="training cutoffs before the holdout"),
-    calibration: str = typer.Option("isotonic", help="isotonic | platt"),
+    calibration: str = typer.Option("auto", help="auto (lowest cross-validated Brier) | platt | beta | isotonic"),
     engine: str = typer.Option("local", help="local | dask (LOYALTY_DASK_SCHEDULER, or a local cluster)"),
 ) -> None:
     """Churn risk (LightGBM, calibrated) vs recency-only and the oracle."""
     if engine not in ("local", "dask"):
         fail(ValueError(f"--engine must be 'local' or 'dask', not {engine!r}"))
+    from models.calibration import METHODS as CALIBRATION_METHODS
+
+    if calibration not in ("auto", *CALIBRATION_METHODS):
+        methods = ", ".join(CALIBRATION_METHODS)
+        fail(ValueError(f"--calibration must be 'auto' or one of {methods}, not {calibration!r}"))
     _train(settings_of(ctx), ["churn"], churn={"n_snapshots": snapshots, "calibration": calibration, "engine": engine})
 
 
 @train_app.command("uplift")
-def train_uplift(ctx: typer.Context, learner: str = typer.Option("t", help="t | x")) -> None:
-    """Offer propensity and uplift (T-/X-learner) vs propensity-only, random and the oracle."""
+def train_uplift(
+    ctx: typer.Context, learner: str = typer.Option("auto", help="auto (best validation Qini) | t | x | dr | r")
+) -> None:
+    """Offer propensity and uplift (T-, X-, DR- or R-learner) vs propensity-only, random and the oracle."""
+    from models.uplift import LEARNERS as UPLIFT_LEARNERS
+
+    if learner not in ("auto", *UPLIFT_LEARNERS):
+        fail(ValueError(f"--learner must be 'auto' or one of {', '.join(UPLIFT_LEARNERS)}, not {learner!r}"))
     _train(settings_of(ctx), ["uplift"], uplift={"learner": learner})
 
 

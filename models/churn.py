@@ -1,21 +1,28 @@
-"""Churn risk: LightGBM with a held-out calibration fold, per-member drivers, bands and actions."""
+"""Churn risk: LightGBM, calibrated without certainties, drivers in probability points, bands and actions.
+
+Fitting: the booster learns on 80% of the members and stops early on the other 20%; a
+calibrator (Platt, beta or shrunk isotonic, chosen by cross-validated Brier score) is fitted
+on those 20%; then the booster is refitted on every row with the same number of trees, so the
+calibration split costs no discrimination.
+"""
 
 from __future__ import annotations
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupShuffleSplit
 
+from models.calibration import CALIBRATORS, METHODS, choose_calibrator
 from models.features import FeatureMatrix
 
+# n_estimators is the ceiling: the booster stops when the held-out log loss has not improved
+# for EARLY_STOPPING_ROUNDS (a fixed count over- or under-fits depending on the table)
 DEFAULT_PARAMS = {
-    "n_estimators": 300,
+    "n_estimators": 1000,
     "learning_rate": 0.05,
     "num_leaves": 31,
-    "min_child_samples": 40,
+    "min_child_samples": 20,
     "subsample": 0.8,
     "subsample_freq": 1,
     "colsample_bytree": 0.8,
@@ -26,6 +33,9 @@ DEFAULT_PARAMS = {
 # Risk bands on the calibrated probability (lower bound, band).
 BANDS = ((0.75, "critical"), (0.5, "high"), (0.25, "medium"), (0.0, "low"))
 DOWNGRADE_IDLE_DAYS = 90  # three months without a purchase = tier downgrade
+EARLY_STOPPING_ROUNDS = 50
+DASK_TREES = 300  # Dask training has no early stopping: a fixed count unless params set one
+MIN_DRIVER_POINTS = 0.01  # a driver raises the member's risk by at least one probability point
 
 
 BAND_NAMES = np.array([name for _, name in reversed(BANDS)], dtype=object)  # low .. critical
@@ -59,10 +69,13 @@ def suggested_action(band: np.ndarray, recency_days: np.ndarray) -> np.ndarray:
 
 
 class ChurnModel:
-    """P(no purchase in the label window | features at the cutoff), calibrated."""
+    """P(no purchase in the label window | features at the cutoff), calibrated.
+
+    ``calibration``: ``"auto"`` (the lowest cross-validated Brier among Platt, beta and shrunk
+    isotonic) or one of them by name."""
 
     def __init__(
-        self, params: dict | None = None, calibration: str = "isotonic", calibration_share: float = 0.2, seed: int = 7
+        self, params: dict | None = None, calibration: str = "auto", calibration_share: float = 0.2, seed: int = 7
     ):
         self.params = params or {}
         self.calibration = calibration
@@ -70,10 +83,15 @@ class ChurnModel:
         self.seed = seed
 
     def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None, dask_client=None) -> ChurnModel:
-        """Fit the booster on one part and the calibrator on a held-out part (split by member).
+        """Booster on one part (early stopping on the other, held out by member), calibrator on the
+        held-out part, then the booster refitted on all rows with the trees it chose.
 
         With a ``distributed.Client`` the booster trains data-parallel on its workers
-        (``lightgbm.DaskLGBMClassifier``); the fitted model is the same kind either way."""
+        (``lightgbm.DaskLGBMClassifier``) with :data:`DASK_TREES` trees (no early stopping there);
+        the fitted model is the same kind either way."""
+        methods = METHODS if self.calibration == "auto" else (self.calibration,)
+        if any(m not in CALIBRATORS for m in methods):
+            raise ValueError(f"calibration must be 'auto' or one of {', '.join(METHODS)}, not {self.calibration!r}")
         y = np.asarray(y, dtype=int)
         self.features_ = FeatureMatrix().fit(X)
         M = self.features_.transform(X)
@@ -84,16 +102,28 @@ class ChurnModel:
         if dask_client is not None:
             from models.dask_lgbm import fit_lgbm_classifier
 
-            self.booster_ = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
+            self.n_trees_ = int(self.params.get("n_estimators", DASK_TREES))
+            params = params | {"n_estimators": self.n_trees_}
+            held = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
         else:
-            self.booster_ = lgb.LGBMClassifier(**params, random_state=self.seed).fit(M.iloc[fit_idx], y[fit_idx])
-        raw = self.booster_.predict_proba(M.iloc[cal_idx])[:, 1]
-        if self.calibration == "isotonic":
-            self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y[cal_idx])
-        elif self.calibration == "platt":
-            self.calibrator_ = LogisticRegression().fit(_logit(raw)[:, None], y[cal_idx])
+            held = lgb.LGBMClassifier(**params, random_state=self.seed).fit(
+                M.iloc[fit_idx],
+                y[fit_idx],
+                eval_set=[(M.iloc[cal_idx], y[cal_idx])],
+                callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+            )
+            self.n_trees_ = int(held.best_iteration_ or params["n_estimators"])
+        raw = held.booster_.predict(M.iloc[cal_idx], num_iteration=self.n_trees_)
+        self.calibration_method_, self.calibrator_, self.calibration_brier_ = choose_calibrator(
+            raw, y[cal_idx], methods, self.seed
+        )
+        # the refit adds the held-out fifth to the training rows; with the same trees its raw
+        # scores differ only slightly from those the calibrator was fitted on
+        refit = params | {"n_estimators": self.n_trees_}
+        if dask_client is not None:
+            self.booster_ = fit_lgbm_classifier(dask_client, M, y, refit, self.seed)
         else:
-            raise ValueError(f"calibration must be 'isotonic' or 'platt', not {self.calibration!r}")
+            self.booster_ = lgb.LGBMClassifier(**refit, random_state=self.seed).fit(M, y)
         self.base_rate_ = float(y.mean())
         return self
 
@@ -108,28 +138,45 @@ class ChurnModel:
         return self._calibrated(self.predict_raw(X))
 
     def _calibrated(self, raw: np.ndarray) -> np.ndarray:
-        if self.calibration == "isotonic":
-            return self.calibrator_.predict(raw)
-        return self.calibrator_.predict_proba(_logit(raw)[:, None])[:, 1]
+        return self.calibrator_.predict(raw)  # inside calibration.PROBABILITY_BOUNDS: never 0 or 1
+
+    def contributions(self, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated probability, members x features contributions in probability points).
+
+        LightGBM's SHAP values split the log-odds between the features, relative to the
+        model's expected log-odds over its training population. Each member's calibrated
+        probability minus the probability at that expected value is split between the features
+        in the same proportions: the points add up to how far the member's risk lies from the
+        population's, on the scale the service answers in."""
+        threads = 1 if len(M) < 10_000 else 0
+        contrib = self.booster_.booster_.predict(M, pred_contrib=True, num_threads=threads)
+        shap, expected = contrib[:, :-1], contrib[:, -1]
+        p = self._calibrated(_sigmoid(expected + shap.sum(axis=1)))
+        population = self._calibrated(_sigmoid(expected))
+        total = shap.sum(axis=1)
+        # the calibrator is monotone, so the probability gap has the sign of the log-odds total
+        scale = np.divide(p - population, total, out=np.zeros(len(M)), where=np.abs(total) > 1e-12)
+        return p, shap * scale[:, None]
 
     def drivers(self, X: pd.DataFrame, top: int = 3) -> list[list[dict]]:
-        """Top features pushing each member's risk up (LightGBM SHAP values, log-odds)."""
+        """Top features raising each member's risk, in probability points against the population
+        (at least :data:`MIN_DRIVER_POINTS`; none for members in the lowest band)."""
         return self._drivers(self.features_.to_numpy(X), X.to_dict("records"), top)
 
     def _drivers(self, M: np.ndarray, records: list[dict], top: int) -> list[list[dict]]:
-        threads = 1 if len(M) < 10_000 else 0
-        contrib = self.booster_.booster_.predict(M, pred_contrib=True, num_threads=threads)[:, :-1]
+        p, points = self.contributions(M)
+        raises = (points >= MIN_DRIVER_POINTS) & (risk_band(p) != "low")[:, None]
         names = self.features_.columns_
-        order = np.argsort(-contrib, axis=1)[:, :top]
+        order = np.argsort(-points, axis=1)[:, :top]
         return [
             [
                 {
                     "feature": names[j],
                     "value": _plain(records[i].get(names[j])),
-                    "contribution": round(float(contrib[i, j]), 4),
+                    "contribution": round(float(points[i, j]), 4),
                 }
                 for j in idx
-                if contrib[i, j] > 0
+                if raises[i, j]
             ]
             for i, idx in enumerate(order)
         ]
@@ -151,10 +198,11 @@ class ChurnModel:
             index=X.index,
         )
         if drivers:
-            contrib = self.booster_.booster_.predict(M, pred_contrib=True, num_threads=0)[:, :-1]
-            top = contrib.argmax(axis=1)
+            _, points = self.contributions(M)
+            top = points.argmax(axis=1)
             names = np.asarray(self.features_.columns_, dtype=object)[top]
-            out["top_driver"] = np.where(contrib[np.arange(len(M)), top] > 0, names, None)
+            raises = (points[np.arange(len(M)), top] >= MIN_DRIVER_POINTS) & (band != "low")
+            out["top_driver"] = np.where(raises, names, None)
         return out
 
     def explain(self, X: pd.DataFrame, top: int = 3) -> pd.DataFrame:
@@ -175,9 +223,8 @@ class ChurnModel:
         ]
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _plain(v):

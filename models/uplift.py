@@ -1,8 +1,10 @@
-"""Offer response and treatment effect: T- and X-learners on LightGBM, plus redemption propensity.
+"""Offer response and treatment effect on LightGBM: T-, X-, DR- and R-learners, plus redemption propensity.
 
 Rows are (member, offer) pairs: the member's Feast features at exposure time joined with
-the offer's attributes by :func:`pair_features`, so the same model scores any offer in
-the catalogue for a member at decision time.
+the offer's attributes by :func:`pair_features`. Every learner is one model over all offers
+(offer id, kind, category, cost and the member's affinity to its category are features), so
+an offer with few exposures borrows strength from similar ones, and the same model scores any
+offer in the catalogue for a member at decision time.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ CLASSIFIER = {
     "n_jobs": 2,
 }
 REGRESSOR = CLASSIFIER | {"objective": "regression"}
+LEARNERS = ("t", "x", "dr", "r")  # T-, X-, doubly robust and R-learner ("auto" in the job picks one)
+CROSS_FIT_FOLDS = 2  # nuisance models of the DR-/R-learners are fitted on the other fold
 OFFER_COLUMNS = ["offer_id", "kind", "category_l1", "cost", "margin_impact"]
 
 
@@ -127,15 +131,27 @@ class PairEncoder:
 
 
 class UpliftModel:
-    """P(convert | treated), P(convert | control), their difference, and P(redeem | treated).
+    """P(convert | treated), P(convert | control), their difference (the uplift), and P(redeem | treated).
 
-    ``learner="t"`` fits one response model per arm; ``learner="x"`` adds the X-learner's
-    second stage (imputed effects regressed per arm, blended by the treatment share).
+    ``learner``:
+
+    - ``"t"``: one response model per arm; uplift = their difference.
+    - ``"x"``: the X-learner's second stage on top (imputed effects regressed per arm, blended
+      by the treatment share).
+    - ``"dr"``: the doubly robust learner: cross-fitted arm models give each row the AIPW
+      pseudo-outcome ``mu1 - mu0 + t (y - mu1) / e - (1 - t) (y - mu0) / (1 - e)``, one regressor
+      fits it. Unbiased where either the arm models or the treatment propensity ``e`` are right.
+    - ``"r"``: the R-learner: residualises conversion on a cross-fitted ``m(x) = E[y | x]`` and
+      treatment on ``e``, then fits the effect by weighted regression of ``(y - m) / (t - e)``
+      with weights ``(t - e)^2`` (Nie & Wager).
+
+    Every learner also fits the two arm models on all rows: they give the response probabilities
+    the service reports next to the effect.
     """
 
     def __init__(self, learner: str = "t", params: dict | None = None, seed: int = 7):
-        if learner not in ("t", "x"):
-            raise ValueError(f"learner must be 't' or 'x', not {learner!r}")
+        if learner not in LEARNERS:
+            raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, not {learner!r}")
         self.learner = learner
         self.params = params or {}
         self.seed = seed
@@ -144,6 +160,10 @@ class UpliftModel:
         leaf = {"min_child_samples": int(np.clip(n_rows // 20, 20, 200))}  # pooled leaves, scaled to the arm
         return lgb.LGBMClassifier(**(CLASSIFIER | leaf | self.params), random_state=self.seed)
 
+    def _reg(self, n_rows: int):
+        leaf = {"min_child_samples": int(np.clip(n_rows // 20, 20, 200))}
+        return lgb.LGBMRegressor(**(REGRESSOR | leaf | self.params), random_state=self.seed)
+
     def fit(
         self,
         X: pd.DataFrame,
@@ -151,14 +171,20 @@ class UpliftModel:
         converted: np.ndarray,
         redeemed: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
+        treatment_propensity: np.ndarray | None = None,
     ):
         """``sample_weight``: e.g. inverse propensities of rows a targeting policy chose, so that
-        each arm's response model sees the population, not the policy's favourites."""
+        each arm's response model sees the population, not the policy's favourites.
+        ``treatment_propensity``: each row's known P(treated) by design (the campaign's treated
+        share); the constant overall share without it. Used by the DR- and R-learners."""
         t = np.asarray(treatment, dtype=bool)
         y = np.asarray(converted, dtype=int)
         w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         if t.all() or (~t).all():
             raise ValueError("uplift needs both treated and control rows; fit a PropensityModel instead")
+        e = np.full(len(y), t.mean()) if treatment_propensity is None else np.asarray(treatment_propensity, float)
+        if not ((e > 0) & (e < 1)).all():
+            raise ValueError("treatment_propensity must lie strictly between 0 and 1 for every row")
         self.features_ = FeatureMatrix(exclude={"treatment", "propensity"}).fit(X)
         M = self.features_.transform(X)
         self.treated_model_ = self._clf(int(t.sum())).fit(M[t], y[t], sample_weight=w[t])
@@ -167,16 +193,63 @@ class UpliftModel:
         if self.learner == "x":
             d1 = y[t] - self.control_model_.predict_proba(M[t])[:, 1]
             d0 = self.treated_model_.predict_proba(M[~t])[:, 1] - y[~t]
-            for arm, d, name in ((t, d1, "tau1_"), (~t, d0, "tau0_")):
-                leaf = {"min_child_samples": int(np.clip(arm.sum() // 20, 20, 200))}
-                reg = lgb.LGBMRegressor(**(REGRESSOR | leaf | self.params), random_state=self.seed)
-                setattr(self, name, reg.fit(M[arm], d, sample_weight=w[arm]))
+            self.tau1_ = self._reg(int(t.sum())).fit(M[t], d1, sample_weight=w[t])
+            self.tau0_ = self._reg(int((~t).sum())).fit(M[~t], d0, sample_weight=w[~t])
+        elif self.learner == "dr":
+            mu1, mu0 = self._cross_fit_arms(X, M, t, y, w)
+            pseudo = mu1 - mu0 + t * (y - mu1) / e - (~t) * (y - mu0) / (1 - e)
+            self.tau_ = self._reg(len(y)).fit(M, pseudo, sample_weight=w)
+        elif self.learner == "r":
+            m = self._cross_fit_outcome(X, M, y, w)
+            r = t - e
+            self.tau_ = self._reg(len(y)).fit(M, (y - m) / r, sample_weight=w * r**2)
         self.redeem_model_ = None
         if redeemed is not None and np.asarray(redeemed)[t].any():
             self.redeem_model_ = self._clf(int(t.sum())).fit(
                 M[t], np.asarray(redeemed, dtype=int)[t], sample_weight=w[t]
             )
         return self
+
+    def _folds(self, X: pd.DataFrame) -> np.ndarray:
+        """Each row's cross-fitting fold; all rows of one member share a fold, so that no nuisance
+        model has seen the member it predicts for."""
+        rng = np.random.default_rng(self.seed)
+        if "member_id" in X.columns:
+            codes, uniques = pd.factorize(X["member_id"])
+            return rng.permutation(len(uniques))[codes] % CROSS_FIT_FOLDS
+        return rng.permutation(len(X)) % CROSS_FIT_FOLDS
+
+    def _cross_fit_arms(self, X, M, t, y, w) -> tuple[np.ndarray, np.ndarray]:
+        """Out-of-fold P(convert | treated) and P(convert | control) for every row."""
+        fold = self._folds(X)
+        mu1, mu0 = np.empty(len(y)), np.empty(len(y))
+        for k in range(CROSS_FIT_FOLDS):
+            fit, out = fold != k, fold == k
+            for arm, mu in ((t, mu1), (~t, mu0)):
+                rows = fit & arm
+                if not out.any():
+                    continue
+                if y[rows].min() == y[rows].max():  # one class only in this fold's arm
+                    mu[out] = float(y[rows].mean()) if rows.any() else float(y[arm].mean())
+                    continue
+                model = self._clf(int(rows.sum())).fit(M[rows], y[rows], sample_weight=w[rows])
+                mu[out] = model.predict_proba(M[out])[:, 1]
+        return mu1, mu0
+
+    def _cross_fit_outcome(self, X, M, y, w) -> np.ndarray:
+        """Out-of-fold P(convert) whatever the arm, for every row."""
+        fold = self._folds(X)
+        m = np.empty(len(y))
+        for k in range(CROSS_FIT_FOLDS):
+            fit, out = fold != k, fold == k
+            if not out.any():
+                continue
+            if y[fit].min() == y[fit].max():
+                m[out] = float(y[fit].mean())
+                continue
+            model = self._clf(int(fit.sum())).fit(M[fit], y[fit], sample_weight=w[fit])
+            m[out] = model.predict_proba(M[out])[:, 1]
+        return m
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.predict_matrix(self.features_.to_numpy(X)), index=X.index)
@@ -191,6 +264,8 @@ class UpliftModel:
             tau0 = self.tau0_.booster_.predict(M, num_threads=threads)
             tau1 = self.tau1_.booster_.predict(M, num_threads=threads)
             uplift = g * tau0 + (1 - g) * tau1
+        elif self.learner in ("dr", "r"):
+            uplift = self.tau_.booster_.predict(M, num_threads=threads)
         else:
             uplift = p1 - p0
         redeem = self.redeem_model_

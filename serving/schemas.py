@@ -77,7 +77,10 @@ class NextBestOfferResponse(BaseModel):
 class Driver(BaseModel):
     feature: str
     value: float | int | str | bool | None
-    contribution: float
+    contribution: float = Field(
+        description="how much this feature raises the member's churn probability over the population's,"
+        " in probability points (0.12 = 12 points)"
+    )
 
 
 class ChurnRiskResponse(BaseModel):

@@ -25,6 +25,17 @@ def test_churn_is_calibrated_and_close_to_the_oracle(trained):
     assert model["roc_auc"] <= oracle["roc_auc"] + 0.005
     assert abs(model["mean_prediction"] - model["base_rate"]) < 0.03  # calibrated on average
     assert model["brier"] < recency["brier"] and model["brier"] < 0.2
+    metrics = trained["churn"].metrics
+    assert metrics["ece"] < 0.05 and metrics["trees"] >= 1
+
+
+def test_churn_run_logs_the_calibration_it_chose(settings, trained):
+    configure(settings)
+    run = MlflowClient().get_run(trained["churn"].run_id)
+    method = run.data.params["calibration_method"]
+    briers = {k.removeprefix("calibration_cv_brier_"): v for k, v in run.data.metrics.items() if "cv_brier" in k}
+    assert set(briers) == {"platt", "beta", "isotonic"}
+    assert briers[method] == min(briers.values())
 
 
 def test_cf_beats_popularity_and_stays_below_the_oracle(trained):
@@ -38,9 +49,17 @@ def test_cf_beats_popularity_and_stays_below_the_oracle(trained):
     assert chosen["coverage_at_10"] > 5 * res.loc["popularity", "coverage_at_10"]
 
 
-def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(trained):
+def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(settings, trained):
     res = trained["uplift"].comparison
-    ours, prop, oracle = res.loc["t-learner uplift"], res.loc["propensity only"], res.loc["oracle (true uplift)"]
+    configure(settings)
+    run = MlflowClient().get_run(trained["uplift"].run_id)
+    learner = run.data.params["learner"]
+    path = MlflowClient().download_artifacts(run.info.run_id, "learner_validation.json")
+    validation = pd.DataFrame(json.loads(Path(path).read_text()))
+    assert set(validation["learner"]) == {"t", "x", "dr", "r"}  # "auto" tried every learner
+    assert validation.set_index("learner")["validation_qini"].idxmax() == learner
+    ours, prop = res.loc[f"{learner}-learner uplift"], res.loc["propensity only"]
+    oracle = res.loc["oracle (true uplift)"]
     assert ours["true_qini"] > prop["true_qini"]  # Qini on the true effects: no sampling noise
     assert ours["true_uplift_spearman"] > prop["true_uplift_spearman"]
     assert ours["qini"] > res.loc["random", "qini"]

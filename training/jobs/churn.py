@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
 
 from kernel.settings import Settings
+from models.btyd import btyd_scores
+from models.calibration import expected_calibration_error
 from models.churn import ChurnModel
 from training import plots
-from training.datasets import context, cutoff_labels, feature_refs, require_repeat_buyers, with_features
+from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
 from training.distributed import dask_client
 from training.evaluation.metrics import classification_metrics, lift_table
 from training.jobs.common import JobResult, finish, log_metrics, model_input
@@ -31,7 +34,7 @@ def score_holdout(model: ChurnModel, holdout: pd.DataFrame) -> float:
 def run(
     settings: Settings,
     n_snapshots: int = 6,
-    calibration: str = "isotonic",
+    calibration: str = "auto",
     params: dict | None = None,
     register_model: bool = True,
     engine: str = "local",
@@ -70,9 +73,26 @@ def run(
         p, p_raw = model.predict_proba(features_only(test)), model.predict_raw(features_only(test))
         metrics = classification_metrics(y, p)
         metrics["train_rows"], metrics["uncalibrated_brier"] = float(len(train)), float(np.mean((p_raw - y) ** 2))
+        metrics["ece"] = expected_calibration_error(y, p)
+        metrics["uncalibrated_ece"] = expected_calibration_error(y, p_raw)
+        metrics["trees"] = float(model.n_trees_)
+        mlflow.log_param("calibration_method", model.calibration_method_)
+        log_metrics({f"calibration_cv_brier_{k}": v for k, v in model.calibration_brier_.items()})
         recency = test["recency_days"].fillna(9999).to_numpy()
         baseline = classification_metrics(y, recency / (recency.max() + 1))  # rank-only baseline: idle days
-        rows = {"lightgbm": metrics, "recency_only": baseline}
+        # the untuned library default on the same features: what the project's choices must beat
+        plain = lgb.LGBMClassifier(verbose=-1, n_jobs=2, random_state=settings.seed)
+        plain.fit(model.features_.transform(features_only(train)), train["churned"].to_numpy())
+        p_plain = plain.predict_proba(model.features_.transform(features_only(test)))[:, 1]
+        # BG/NBD's P(no purchase in the window), fitted on the history before the cutoff only
+        btyd = btyd_scores(orders(settings), ctx.cutoff, settings.label_window_days)
+        p_btyd = btyd["p_no_purchase"].reindex(test["member_id"]).fillna(1.0).to_numpy()
+        rows = {
+            "lightgbm": metrics,
+            "lightgbm_default": classification_metrics(y, p_plain),
+            "bg_nbd": classification_metrics(y, p_btyd),
+            "recency_only": baseline,
+        }
         curves = {"lightgbm": (y, p), "recency only": (y, recency)}
         if ctx.oracle_comparable:
             truth = ctx.truth("churn").set_index("member_id")["p_no_purchase"]
@@ -82,6 +102,8 @@ def run(
             metrics["auc_gap_to_oracle"] = rows["oracle"]["roc_auc"] - metrics["roc_auc"]
         log_metrics(metrics)
         log_metrics(baseline, "baseline_recency_")
+        log_metrics(rows["lightgbm_default"], "baseline_lgbm_default_")
+        log_metrics(rows["bg_nbd"], "baseline_bg_nbd_")
         if "oracle" in rows:
             log_metrics(rows["oracle"], "oracle_")
         comparison = pd.DataFrame(rows).T

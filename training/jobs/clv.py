@@ -6,9 +6,10 @@ import mlflow
 import pandas as pd
 
 from kernel.settings import Settings
+from models.btyd import btyd_scores
 from models.clv import CLVModel
 from training import plots
-from training.datasets import context, cutoff_labels, feature_refs, require_repeat_buyers, with_features
+from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
 from training.evaluation.metrics import value_metrics
 from training.jobs.churn import features_only
 from training.jobs.common import JobResult, finish, log_metrics, model_input
@@ -46,9 +47,15 @@ def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, re
         # persistence baseline: the last 90 days' spend, rescaled to the horizon
         persistence = test["monetary_90d"].fillna(0).to_numpy() * settings.label_window_days / 90.0
         baseline = value_metrics(actual, persistence)
+        # BG/NBD expected purchases x Gamma-Gamma spend, fitted on the history before the cutoff
+        btyd = btyd_scores(orders(settings), ctx.cutoff, settings.label_window_days)
+        btyd_value = value_metrics(actual, btyd["expected_spend"].reindex(test["member_id"]).fillna(0).to_numpy())
         log_metrics(metrics)
         log_metrics(baseline, "baseline_persistence_")
-        comparison = pd.DataFrame({"lightgbm_tweedie": metrics, "persistence": baseline}).T
+        log_metrics(btyd_value, "baseline_bg_nbd_gamma_gamma_")
+        comparison = pd.DataFrame(
+            {"lightgbm_tweedie": metrics, "bg_nbd_gamma_gamma": btyd_value, "persistence": baseline}
+        ).T
         log_table(comparison.reset_index(names="model"), "comparison.json")
         values = model.value(features_only(test))
         seg = values.groupby("rfm_segment").agg(

@@ -25,6 +25,7 @@ class JobResult:
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)  # model vs baseline vs oracle
     decision: Decision | None = None
     notes: list[str] = field(default_factory=list)  # caveats the CLI prints next to the metrics
+    model: object | None = None  # the fitted estimator (benches, notebooks: no registry round trip)
 
 
 def finish(

@@ -14,7 +14,7 @@ import pandas as pd
 from kernel.constants import SERVICE_CAMPAIGN
 from kernel.curated import exposures_with_responses, load_curated
 from kernel.settings import Settings
-from models.uplift import PropensityModel, UpliftModel, pair_features
+from models.uplift import LEARNERS, PropensityModel, UpliftModel, pair_features
 from training import plots
 from training.datasets import context, feature_refs, with_features
 from training.evaluation.metrics import classification_metrics, uplift_metrics
@@ -54,6 +54,19 @@ def split_by_campaign(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     return frame[~test], frame[test], how
 
 
+def split_holdout(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(train, holdout, how): the latest randomised campaign (an unbiased Qini of one offer) and
+    the service's latest logs (its choices between offers, inverse-propensity weighted)."""
+    is_logged = (frame["campaign_id"] == SERVICE_CAMPAIGN).to_numpy()
+    if not (~is_logged).any():
+        return split_by_campaign(frame)
+    train, test, how = split_by_campaign(frame[~is_logged])
+    logged_train, logged_test = split_logged(frame[is_logged])
+    if len(logged_test):
+        how += f" + the service's latest {len(logged_test)} logged exposures"
+    return pd.concat([train, logged_train]), pd.concat([test, logged_test]), how
+
+
 def split_logged(logged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The service's own closed exposures -> (train, holdout): the latest
     :data:`LOGGED_HOLDOUT_SHARE` of them by time are held out once there are
@@ -87,7 +100,47 @@ def ipw_weights(frame: pd.DataFrame, clip: float = MAX_WEIGHT) -> np.ndarray:
     return w
 
 
-def run(settings: Settings, learner: str = "t", params: dict | None = None, register_model: bool = True) -> JobResult:
+def treatment_propensity(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's P(treated) by design: its campaign's treated share. Campaigns and the service's
+    control group draw the arm at random, independently of the member, so the share is exact."""
+    share = frame.groupby("campaign_id")["treatment"].transform("mean").to_numpy(dtype=float)
+    return np.clip(share, 0.01, 0.99)  # a campaign without a control arm carries no effect information
+
+
+def fit_uplift(frame: pd.DataFrame, learner: str, params: dict | None, seed: int) -> UpliftModel:
+    return UpliftModel(learner=learner, params=params, seed=seed).fit(
+        features_only(frame),
+        frame["treatment"],
+        frame["converted"],
+        frame["redeemed"],
+        ipw_weights(frame),
+        treatment_propensity(frame),
+    )
+
+
+def choose_learner(
+    train: pd.DataFrame, params: dict | None, seed: int, candidates: tuple[str, ...] = LEARNERS
+) -> tuple[str, pd.DataFrame]:
+    """The learner with the best weighted Qini on a validation split of ``train`` made like the
+    holdout (its latest randomised campaign and logs), each candidate fitted on the rest.
+    Returns (learner, one row per candidate). Without a usable validation split: the T-learner."""
+    fit, valid, how = split_holdout(train)
+    usable = len(fit) and len(valid) and fit["treatment"].nunique() == 2 and valid["treatment"].nunique() == 2
+    if not usable or not valid["converted"].any():
+        return "t", pd.DataFrame({"learner": ["t"], "validation_qini": [np.nan], "note": ["no validation split"]})
+    weight = ipw_weights(valid)
+    rows = []
+    for learner in candidates:
+        uplift = fit_uplift(fit, learner, params, seed).predict(features_only(valid))["uplift"]
+        qini = uplift_metrics(uplift, valid["treatment"], valid["converted"], weight=weight)[METRIC]
+        rows.append({"learner": learner, "validation_qini": qini, "note": f"validation: {how}"})
+    table = pd.DataFrame(rows)
+    return str(table.loc[table["validation_qini"].idxmax(), "learner"]), table
+
+
+def run(
+    settings: Settings, learner: str = "auto", params: dict | None = None, register_model: bool = True
+) -> JobResult:
     ctx = context(settings)
     exp = exposures_with_responses(settings)
     if exp.empty or exp["campaign_id"].nunique() == 0:
@@ -104,17 +157,7 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
     logged = entity["campaign_id"] == SERVICE_CAMPAIGN
     with job_run(settings, "uplift", SERVICE, feature_refs(ctx, SERVICE), has_control=has_control) as run:
         frame = pair_features(None, offers, pairs=with_features(ctx, entity, SERVICE))
-        is_logged = (frame["campaign_id"] == SERVICE_CAMPAIGN).to_numpy()
-        # the holdout: the latest randomised campaign (an unbiased Qini of one offer) and the
-        # service's latest logs (its choices between offers, inverse-propensity weighted)
-        if (~is_logged).any():
-            train, test, split = split_by_campaign(frame[~is_logged])
-            logged_train, logged_test = split_logged(frame[is_logged])
-            train, test = pd.concat([train, logged_train]), pd.concat([test, logged_test])
-            if len(logged_test):
-                split += f" + the service's latest {len(logged_test)} logged exposures"
-        else:
-            train, test, split = split_by_campaign(frame)
+        train, test, split = split_holdout(frame)
         data_used = (
             f"randomised campaigns: {int((~logged).sum())} exposures"
             f"; the service's own logged exposures: {int(logged.sum())}"
@@ -122,9 +165,14 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             + f"; left out, response window still open: {int((~closed).sum())}"
         )
         mlflow.set_tag("data_used", data_used)
+        chosen = learner
+        if has_control and learner == "auto":
+            chosen, validation = choose_learner(train, params, settings.seed)
+            log_table(validation, "learner_validation.json")
         mlflow.log_params(
             {
-                "learner": learner if has_control else "propensity_only",
+                "learner": chosen if has_control else "propensity_only",
+                "learner_requested": learner,
                 "split": split,
                 "train_rows": len(train),
                 "test_rows": len(test),
@@ -153,14 +201,11 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             metric_value = metrics["roc_auc"]
             metric_name = "redeem_roc_auc"
         else:
-            model = UpliftModel(learner=learner, params=params, seed=settings.seed)
-            model.fit(
-                features_only(train), train["treatment"], train["converted"], train["redeemed"], ipw_weights(train)
-            )
+            model = fit_uplift(train, chosen, params, settings.seed)
             pred = model.predict(features_only(test))
             t, y = test["treatment"].to_numpy(), test["converted"].to_numpy()
             true_uplift = _true_uplift(ctx, test) if ctx.simulated else None
-            scores = {f"{learner}-learner uplift": pred["uplift"], "propensity only": pred["p_convert_treated"]}
+            scores = {f"{chosen}-learner uplift": pred["uplift"], "propensity only": pred["p_convert_treated"]}
             if true_uplift is not None:
                 scores["oracle (true uplift)"] = true_uplift
             rng = np.random.default_rng(settings.seed)
@@ -168,7 +213,7 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             weight = ipw_weights(test)
             for label, score in scores.items():
                 rows[label] = uplift_metrics(score, t, y, true_uplift, weight=weight)
-            metrics = rows[f"{learner}-learner uplift"]
+            metrics = rows[f"{chosen}-learner uplift"]
             treated = t.astype(bool)
             metrics |= {
                 f"redeem_{k}": v
@@ -205,7 +250,7 @@ def run(settings: Settings, learner: str = "t", params: dict | None = None, regi
             register_model,
             train=train,
         )
-        return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes)
+        return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes, model)
 
 
 def _true_uplift(ctx, test: pd.DataFrame) -> np.ndarray:
