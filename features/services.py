@@ -18,8 +18,9 @@ def feature_services(views: dict[str, FeatureView], recency: OnDemandFeatureView
             v["member_engagement"],
             v["member_points"][["points_balance", "points_expiring_30d", "points_earned_90d", "points_burned_90d"]],
             v["member_affinity"][["category_entropy", "categories_365d", "top_category_1_share"]],
+            v["member_btyd"],
         ],
-        description="Churn risk model inputs (as of the cutoff).",
+        description="Churn risk and value model inputs (as of the cutoff), buy-till-you-die scores included.",
     )
     offer_v1 = FeatureService(
         name="offer_v1",

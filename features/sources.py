@@ -12,7 +12,14 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from features.repo_spec import RepoSpec
 from kernel.constants import EVENT_TIMESTAMP
 
-SNAPSHOT_TABLES = ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement")
+SNAPSHOT_TABLES = (
+    "member_rfm",
+    "member_profile",
+    "member_affinity",
+    "member_points",
+    "member_engagement",
+    "member_btyd",
+)
 
 
 def snapshot_source(spec: RepoSpec, name: str) -> FileSource | PostgreSQLSource:

@@ -109,6 +109,22 @@ def feature_views(spec: RepoSpec) -> dict[str, FeatureView]:
         description="Push/SMS/e-mail engagement rates and the member's best send hour (-1 = unknown).",
     )
 
+    member_btyd = _view(
+        ttl,
+        "member_btyd",
+        snapshot_source(spec, "member_btyd"),
+        [
+            Field(name="btyd_p_alive", dtype=Float64),
+            Field(name="btyd_p_no_purchase_90d", dtype=Float64),
+            Field(name="btyd_expected_purchases_90d", dtype=Float64),
+            Field(name="btyd_spend_per_purchase", dtype=Float64),
+            Field(name="btyd_expected_spend_90d", dtype=Float64),
+        ],
+        description="Buy-till-you-die: BG/NBD P(alive), P(no purchase) and expected purchases in 90 days, "
+        "Gamma-Gamma spend per purchase and expected 90-day spend; fitted on the history before each "
+        "snapshot; -1 = no purchase yet.",
+    )
+
     member_consent = _view(
         NO_TTL,  # consent never expires; the latest record wins
         "member_consent",
@@ -133,6 +149,6 @@ def feature_views(spec: RepoSpec) -> dict[str, FeatureView]:
         ],
         description="Latest real-time member event, written through the push source.",
     )
-    views = (member_rfm, member_profile, member_affinity, member_points, member_engagement)
+    views = (member_rfm, member_profile, member_affinity, member_points, member_engagement, member_btyd)
     views += (member_consent, member_realtime)
     return {v.name: v for v in views}

@@ -82,7 +82,10 @@ class Settings(BaseSettings):
     # -- training / registry -------------------------------------------------
     mlflow_artifact_root: str | None = None  # local path or s3://...; default <data_dir>/mlartifacts
     actor: str = Field(default_factory=lambda: os.environ.get("USER") or getpass.getuser())  # recorded on alias moves
-    tuning_trials: int = 8  # optuna trials per tuned model
+    tuning_trials: int = 8  # optuna trials per tuned model, at most
+    # wall-clock budget of all CF tuning in one run (split between the algorithms): trials stop
+    # when it is spent, so tuning time does not grow with the programme's size
+    cf_tuning_budget_s: float = Field(120.0, gt=0)
     # the promotion gate's margin for every job, in its metric's units; unset: each job's own MARGIN.
     # Negative promotes a challenger unless it is worse by more than that (a retrain on fresher data)
     promotion_margin: float | None = None

@@ -151,21 +151,27 @@ class GammaGamma:
         return p * (g + x * m) / (p * x + q - 1)
 
 
-def btyd_scores(orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: float) -> pd.DataFrame:
+def btyd_scores(
+    orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: float, max_fit_members: int | None = None
+) -> pd.DataFrame:
     """Per member with a purchase before ``cutoff``: BG/NBD P(alive), expected purchases and
     P(no purchase) in the next ``horizon_days``, Gamma-Gamma spend per purchase and their product,
     the expected spend in the horizon. Both models are fitted on the history before ``cutoff``
-    only, so the scores are point-in-time."""
+    only, so the scores are point-in-time. ``max_fit_members``: fit BG/NBD on a fixed random
+    sample of this many members (four parameters need no more) and score everyone."""
     summary = rfm_summary(orders, cutoff)
     x, t_x, T = summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy()
-    bg = BetaGeo().fit(x, t_x, T)
+    fit = np.arange(len(x))
+    if max_fit_members is not None and len(x) > max_fit_members:
+        fit = np.random.default_rng(0).choice(len(x), max_fit_members, replace=False)
+    bg = BetaGeo().fit(x[fit], t_x[fit], T[fit])
     alive = bg.p_alive(x, t_x, T)
     p = bg.params_
     quiet_if_alive = ((p["alpha"] + T) / (p["alpha"] + T + horizon_days)) ** (p["r"] + x)
     purchases = bg.expected_purchases(horizon_days, x, t_x, T)
     m = summary["m"].to_numpy()
-    if ((x > 0) & (m > 0)).sum() >= MIN_REPEATERS:
-        spend = GammaGamma().fit(x, m).expected_spend(x, m)
+    if ((x[fit] > 0) & (m[fit] > 0)).sum() >= MIN_REPEATERS:
+        spend = GammaGamma().fit(x[fit], m[fit]).expected_spend(x, m)
     else:  # too few repeat buyers for the spend model: the mean value of a purchase day
         spend = np.full(len(x), float(summary["spend"].sum() / max(x.sum() + len(x), 1)))
     return pd.DataFrame(

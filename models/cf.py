@@ -251,3 +251,52 @@ class CFRecommender(_Indexed):
                 idx[i], scores[i] = self._fallback(set(hist), k, exclude_owned, (segments or {}).get(m), allowed_items)
                 src[i] = "segment_popularity"
         return self._frame(member_ids, idx, scores, src)
+
+
+class BuyAgainRecommender(_Indexed):
+    """The member's own items by recency-decayed quantity (what replenishment baskets repeat), then
+    the segment's most popular items. With ``exclude_owned`` there is nothing to buy again and it
+    answers popularity; candidates of the two-stage ranker and a baseline that CF must beat."""
+
+    algorithm = "buy_again"
+
+    def fit(self, interactions: pd.DataFrame, items: list[str] | None = None, segments: pd.Series | None = None):
+        """``interactions``: member_id, item_id, weight (see :func:`interaction_weights`)."""
+        self.weights_ = self._index(interactions, items, segments)
+        return self
+
+    def recommend(
+        self,
+        member_ids,
+        k: int = 10,
+        exclude_owned: bool = True,
+        segments: dict | None = None,
+        histories: dict | None = None,
+        allowed_items: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Same API as :meth:`CFRecommender.recommend`; ``histories`` are bought-once items of
+        members unknown to the model."""
+        idx, scores, src = [], [], []
+        allowed = None if allowed_items is None else np.asarray(allowed_items, dtype=bool)
+        for m in member_ids:
+            row = self.member_index_.get(m)
+            if row is not None:
+                own, weight = self.weights_[row].indices, self.weights_[row].data.astype(float)
+            else:
+                brought = [self.item_index_[i] for i in (histories or {}).get(m, []) if i in self.item_index_]
+                own = np.unique(np.array(brought, dtype=np.int64))
+                weight = np.ones(len(own))
+            ranked, ranked_scores = np.array([], dtype=np.int64), np.array([])
+            if not exclude_owned and len(own):
+                order = np.lexsort((own, -weight))  # heaviest first; ties by item index, deterministic
+                ranked, ranked_scores = own[order], weight[order]
+                if allowed is not None:
+                    keep = allowed[ranked]
+                    ranked, ranked_scores = ranked[keep], ranked_scores[keep]
+                ranked, ranked_scores = ranked[:k], ranked_scores[:k]
+            segment = (segments or {}).get(m)
+            fill, fill_scores = self._fallback(set(own.tolist()), k - len(ranked), True, segment, allowed)
+            idx.append(np.concatenate([ranked, fill]).astype(np.int64))
+            scores.append(np.concatenate([ranked_scores, fill_scores]))
+            src.append("buy_again" if len(ranked) else "popularity")
+        return self._frame(member_ids, idx, scores, src)

@@ -34,6 +34,13 @@ DEFAULT_PARAMS = {
 BANDS = ((0.75, "critical"), (0.5, "high"), (0.25, "medium"), (0.0, "low"))
 DOWNGRADE_IDLE_DAYS = 90  # three months without a purchase = tier downgrade
 EARLY_STOPPING_ROUNDS = 50
+# Tree sizes tried on the held-out members (lowest log loss wins, each with early stopping): small
+# programmes and short histories want small, well-populated leaves, large ones afford more
+COMPLEXITY_GRID = (
+    {"num_leaves": 7, "min_child_samples": 50},
+    {"num_leaves": 15, "min_child_samples": 50},
+    {"num_leaves": 31, "min_child_samples": 20},
+)
 DASK_TREES = 300  # Dask training has no early stopping: a fixed count unless params set one
 MIN_DRIVER_POINTS = 0.01  # a driver raises the member's risk by at least one probability point
 
@@ -106,13 +113,21 @@ class ChurnModel:
             params = params | {"n_estimators": self.n_trees_}
             held = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
         else:
-            held = lgb.LGBMClassifier(**params, random_state=self.seed).fit(
-                M.iloc[fit_idx],
-                y[fit_idx],
-                eval_set=[(M.iloc[cal_idx], y[cal_idx])],
-                callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
-            )
+            # the caller's tree size is kept; otherwise each size of the grid competes
+            grid = [{}] if {"num_leaves", "min_child_samples"} & set(self.params) else COMPLEXITY_GRID
+            fits = []
+            for size in grid:
+                candidate = lgb.LGBMClassifier(**(params | size), random_state=self.seed).fit(
+                    M.iloc[fit_idx],
+                    y[fit_idx],
+                    eval_set=[(M.iloc[cal_idx], y[cal_idx])],
+                    callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+                )
+                fits.append((candidate.best_score_["valid_0"]["binary_logloss"], size, candidate))
+            _, size, held = min(fits, key=lambda f: f[0])
+            params = params | size
             self.n_trees_ = int(held.best_iteration_ or params["n_estimators"])
+        self.complexity_ = {k: params[k] for k in ("num_leaves", "min_child_samples")}
         raw = held.booster_.predict(M.iloc[cal_idx], num_iteration=self.n_trees_)
         self.calibration_method_, self.calibrator_, self.calibration_brier_ = choose_calibrator(
             raw, y[cal_idx], methods, self.seed

@@ -91,3 +91,33 @@ def test_the_services_recency_rule_is_the_on_demand_views():
     expected = days_since_last_purchase(frame).tolist()
     assert [days_since_last_purchase_one(b, r, 1_700_200_000) for b, r in zip(batch, live, strict=True)] == expected
     assert expected[2] == expected[4] == 9999.0  # never purchased: the sentinel
+
+
+@pytest.mark.unit
+def test_btyd_snapshot_uses_only_the_past_and_marks_members_without_purchases():
+    from training.featurize import NO_PURCHASE_YET, _btyd
+
+    rng = np.random.default_rng(3)
+    start = pd.Timestamp("2024-01-01")
+    rows = []
+    for k in range(400):  # members buy at their own rate; a quarter stop after 100 days
+        rate, stop = rng.gamma(2, 0.03), 100 if k % 4 == 0 else 400
+        days = np.flatnonzero(rng.random(400) < rate)
+        rows += [(f"m{k}", start + pd.Timedelta(days=int(d)), 20.0 + k % 7) for d in days if d < stop]
+    orders = pd.DataFrame(rows, columns=["member_id", "ts", "amount"])
+    index = pd.Index([f"m{k}" for k in range(400)] + ["never"], name="member_id")
+    t = start + pd.Timedelta(days=250)
+    at_t = _btyd(orders, index, t)
+    # orders after t (a burst from everyone) change nothing at t: the models are fitted on the past alone
+    future = pd.DataFrame({"member_id": index[:-1], "ts": t + pd.Timedelta(days=1), "amount": 500.0})
+    pd.testing.assert_frame_equal(_btyd(pd.concat([orders, future]), index, t), at_t)
+    assert (at_t.loc["never"] == NO_PURCHASE_YET).all()
+    bought = at_t.drop("never")
+    bought = bought[bought["btyd_p_alive"] != NO_PURCHASE_YET]
+    assert bought["btyd_p_alive"].between(0, 1).all() and bought["btyd_p_no_purchase_90d"].between(0, 1).all()
+    # members who stopped look less alive than the rest
+    stopped = bought.index.str[1:].astype(int) % 4 == 0
+    assert bought.loc[stopped, "btyd_p_alive"].mean() < bought.loc[~stopped, "btyd_p_alive"].mean() - 0.2
+    # before the history can fit a model, every member gets the marker instead of a guess
+    early = _btyd(orders, index, start + pd.Timedelta(days=3))
+    assert (early == NO_PURCHASE_YET).all().all()

@@ -84,3 +84,22 @@ def test_recommendation_lists_never_hold_padding_repeats_or_owned_items(algorith
         assert not set(items) & owned[member]
     m = ranking_metrics(recs["item_ids"].tolist(), [{"c", "d"}] * 4, ks=(10,))
     assert all(v <= 1 for k, v in m.items() if k != "members_evaluated")
+
+
+@pytest.mark.unit
+def test_quality_summary_compares_against_the_best_untuned_baseline_and_never_the_oracle():
+    from bench.quality_tables import gains
+
+    tables = {
+        "cf": pd.DataFrame({"ndcg_at_10": [0.30, 0.25, 0.9]}, index=["als", "als_untuned", "oracle"]),
+        "churn": pd.DataFrame(
+            {"roc_auc": [0.80, 0.78, 0.79, 0.70, 0.95]},
+            index=["lightgbm", "lightgbm_default", "bg_nbd", "recency_only", "oracle"],
+        ),
+        "clv": pd.DataFrame({"spearman": [0.50, 0.55]}, index=["lightgbm_tweedie", "bg_nbd_gamma_gamma"]),
+    }
+    out = gains(tables, {"cf": {"ndcg_at_10": 0.33}})  # the registered model's logged metric, not a row
+    assert out["cf_ndcg_over_untuned"] == pytest.approx(0.33 / 0.25)
+    assert out["churn_auc_minus_best_baseline"] == pytest.approx(0.80 - 0.79)
+    assert out["clv_spearman_minus_best_baseline"] == pytest.approx(-0.05)
+    assert gains({}, {}) == {}

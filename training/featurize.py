@@ -14,14 +14,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from features.sources import SNAPSHOT_TABLES
 from features.store import write_offline_table
 from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
 from kernel.settings import Settings
+from models.btyd import MIN_REPEATERS, btyd_scores
 from training.data.tiers import tier_from_spend, tier_names
 
 WINDOWS = (30, 90, 365)
 HIGH_CONSUMPTION_ORDERS_90D = 2  # health quadrant: consumption activity threshold
 HIGH_INTERACTION_EVENTS_30D = 1  # health quadrant: opens + clicks in the last 30 days
+BTYD_HORIZON_DAYS = 90  # the horizon of the buy-till-you-die expectations (field names say 90d)
+BTYD_MAX_FIT_MEMBERS = 50_000  # BG/NBD has 4 parameters: a fixed sample fits them as well as everyone
+NO_PURCHASE_YET = -1.0  # BTYD fields of a member without a purchase before the snapshot
 
 
 def snapshot_times(
@@ -161,7 +166,27 @@ def _engagement(eng: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
     return out
 
 
-SNAPSHOT_TABLES = ("member_rfm", "member_profile", "member_affinity", "member_points", "member_engagement")
+def _btyd(orders: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFrame:
+    """BG/NBD and Gamma-Gamma fitted on the orders before ``t`` alone (point-in-time, refitted at
+    every snapshot), scored for every member; ``NO_PURCHASE_YET`` for members without a purchase."""
+    columns = {
+        "btyd_p_alive": "p_alive",
+        "btyd_p_no_purchase_90d": "p_no_purchase",
+        "btyd_expected_purchases_90d": "expected_purchases",
+        "btyd_spend_per_purchase": "expected_spend_per_purchase",
+        "btyd_expected_spend_90d": "expected_spend",
+    }
+    out = pd.DataFrame(NO_PURCHASE_YET, index=index, columns=list(columns))
+    hist = orders[orders["ts"] < t]
+    repeaters = (hist.groupby("member_id")["ts"].nunique() > 1).sum() if len(hist) else 0
+    if repeaters < MIN_REPEATERS:  # too early in the programme's history to fit anything
+        return out
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the optimiser probes extremes
+        scores = btyd_scores(hist, t, BTYD_HORIZON_DAYS, max_fit_members=BTYD_MAX_FIT_MEMBERS)
+    scored = scores.rename(columns={v: k for k, v in columns.items()}).reindex(index)
+    return scored.fillna(NO_PURCHASE_YET).astype(float)
+
+
 TIER_SINCE = "tier_since_ts"  # member_profile: when the tier was reached (unix s), carried to the next snapshot
 
 
@@ -223,6 +248,7 @@ def snapshot(history: History, t: pd.Timestamp, tier_prev: pd.Series, tier_since
         "member_engagement": eng_f,
         "member_affinity": _affinity(history.lines, joined, t),
         "member_points": _points(history.ledger, joined, t),
+        "member_btyd": _btyd(history.orders, joined, t),
     }
     return {name: df.rename_axis("member_id").reset_index().assign(event_timestamp=t) for name, df in out.items()}
 

@@ -76,7 +76,7 @@ def run(
         metrics["ece"] = expected_calibration_error(y, p)
         metrics["uncalibrated_ece"] = expected_calibration_error(y, p_raw)
         metrics["trees"] = float(model.n_trees_)
-        mlflow.log_param("calibration_method", model.calibration_method_)
+        mlflow.log_params({"calibration_method": model.calibration_method_, **model.complexity_})
         log_metrics({f"calibration_cv_brier_{k}": v for k, v in model.calibration_brier_.items()})
         recency = test["recency_days"].fillna(9999).to_numpy()
         baseline = classification_metrics(y, recency / (recency.max() + 1))  # rank-only baseline: idle days
