@@ -119,10 +119,13 @@ def feature_views(spec: RepoSpec) -> dict[str, FeatureView]:
             Field(name="btyd_expected_purchases_90d", dtype=Float64),
             Field(name="btyd_spend_per_purchase", dtype=Float64),
             Field(name="btyd_expected_spend_90d", dtype=Float64),
+            Field(name="btyd_mean_gap_days", dtype=Float64),
+            Field(name="btyd_recency_over_gap", dtype=Float64),
         ],
         description="Buy-till-you-die: BG/NBD P(alive), P(no purchase) and expected purchases in 90 days, "
         "Gamma-Gamma spend per purchase and expected 90-day spend; fitted on the history before each "
-        "snapshot; -1 = no purchase yet.",
+        "snapshot; the member's mean days between purchase days and the current gap in those units; "
+        "-1 = no purchase yet (or no repeat purchase, for the rhythm).",
     )
 
     member_consent = _view(

@@ -152,14 +152,19 @@ class GammaGamma:
 
 
 def btyd_scores(
-    orders: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: float, max_fit_members: int | None = None
+    orders: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    horizon_days: float,
+    max_fit_members: int | None = None,
+    summary: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per member with a purchase before ``cutoff``: BG/NBD P(alive), expected purchases and
     P(no purchase) in the next ``horizon_days``, Gamma-Gamma spend per purchase and their product,
     the expected spend in the horizon. Both models are fitted on the history before ``cutoff``
     only, so the scores are point-in-time. ``max_fit_members``: fit BG/NBD on a fixed random
-    sample of this many members (four parameters need no more) and score everyone."""
-    summary = rfm_summary(orders, cutoff)
+    sample of this many members (four parameters need no more) and score everyone. ``summary``:
+    :func:`rfm_summary` of the same orders and cutoff, when the caller has it already."""
+    summary = rfm_summary(orders, cutoff) if summary is None else summary
     x, t_x, T = summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy()
     fit = np.arange(len(x))
     if max_fit_members is not None and len(x) > max_fit_members:

@@ -126,9 +126,9 @@ class TwoStageRecommender:
         idle = pairs.groupby("r")["age"].min()
         self.member_idle_ = np.full(shape[0], NEVER)
         self.member_idle_[idle.index.to_numpy()] = idle.to_numpy()
-        buyers = pairs[pairs["age"] < 90].drop_duplicates(["r", "c"])
-        self.item_buyers_ = np.bincount(buyers["c"], minlength=shape[1]).astype(float)
-        last = np.bincount(buyers.loc[buyers["age"] < TREND_DAYS, "c"], minlength=shape[1])
+        # buyers of each item: members whose latest purchase of it is within the period
+        self.item_buyers_ = np.bincount(g.loc[g["min"] < 90, "c"], minlength=shape[1]).astype(float)
+        last = np.bincount(g.loc[g["min"] < TREND_DAYS, "c"], minlength=shape[1])
         self.item_trend_ = (last + 1.0) / ((self.item_buyers_ - last) / 2.0 + 1.0)
 
     def _candidates(self, members: list, exclude_owned: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,6 +168,11 @@ class TwoStageRecommender:
         X[:, FEATURES.index("member_days_idle")] = self.member_idle_[rows]
         return cand_pos, cand_item, X
 
+    @property
+    def owned_(self):
+        """member x item matrix of what each known member bought (1 = bought)."""
+        return self.generators_["buy_again"].owned_
+
     # -- stage two ---------------------------------------------------------------------------
     def fit_ranker(self, labels: dict, max_members: int = 20_000) -> TwoStageRecommender:
         """``labels``: member -> items bought in the window after the generators' ``as_of``.
@@ -186,13 +191,15 @@ class TwoStageRecommender:
         groups = np.bincount(pos[keep], minlength=len(members))
         self.ranker_ = lgb.LGBMRanker(**(RANKER | {"random_state": self.seed} | self.ranker_params))
         self.ranker_.fit(X[keep], y[keep].astype(int), group=groups[groups > 0], feature_name=FEATURES)
-        self.training_lists_ = int(len(groups))
+        self.training_lists_ = int((groups > 0).sum())
         return self
 
     def refit(self, lines: pd.DataFrame, as_of, item_category, items=None, segments=None) -> TwoStageRecommender:
         """A copy with the same ranker and generators refitted on ``lines`` before ``as_of``."""
-        clone = TwoStageRecommender(self.als_params, self.item_item_params, self.n_candidates, self.ranker_params)
-        clone.seed, clone.ranker_, clone.training_lists_ = self.seed, self.ranker_, self.training_lists_
+        clone = TwoStageRecommender(
+            self.als_params, self.item_item_params, self.n_candidates, self.ranker_params, self.seed
+        )
+        clone.ranker_, clone.training_lists_ = self.ranker_, self.training_lists_
         return clone.fit_generators(lines, as_of, item_category, items, segments)
 
     def recommend(

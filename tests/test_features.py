@@ -104,15 +104,19 @@ def test_btyd_snapshot_uses_only_the_past_and_marks_members_without_purchases():
         rate, stop = rng.gamma(2, 0.03), 100 if k % 4 == 0 else 400
         days = np.flatnonzero(rng.random(400) < rate)
         rows += [(f"m{k}", start + pd.Timedelta(days=int(d)), 20.0 + k % 7) for d in days if d < stop]
+    rows += [("clockwork", start + pd.Timedelta(days=d, hours=12), 30.0) for d in range(0, 201, 10)]
     orders = pd.DataFrame(rows, columns=["member_id", "ts", "amount"])
-    index = pd.Index([f"m{k}" for k in range(400)] + ["never"], name="member_id")
+    index = pd.Index([f"m{k}" for k in range(400)] + ["clockwork", "never"], name="member_id")
     t = start + pd.Timedelta(days=250)
     at_t = _btyd(orders, index, t)
     # orders after t (a burst from everyone) change nothing at t: the models are fitted on the past alone
     future = pd.DataFrame({"member_id": index[:-1], "ts": t + pd.Timedelta(days=1), "amount": 500.0})
     pd.testing.assert_frame_equal(_btyd(pd.concat([orders, future]), index, t), at_t)
     assert (at_t.loc["never"] == NO_PURCHASE_YET).all()
-    bought = at_t.drop("never")
+    # every 10 days through day 200, seen on day 250: a 10-day rhythm, now 5 gaps overdue
+    assert at_t.loc["clockwork", "btyd_mean_gap_days"] == pytest.approx(10.0)
+    assert at_t.loc["clockwork", "btyd_recency_over_gap"] == pytest.approx(5.0)
+    bought = at_t.drop(["never", "clockwork"])
     bought = bought[bought["btyd_p_alive"] != NO_PURCHASE_YET]
     assert bought["btyd_p_alive"].between(0, 1).all() and bought["btyd_p_no_purchase_90d"].between(0, 1).all()
     # members who stopped look less alive than the rest

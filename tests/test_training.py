@@ -44,9 +44,23 @@ def test_cf_beats_popularity_and_stays_below_the_oracle(trained):
     for metric in ("recall_at_10", "ndcg_at_10", "new_recall_at_10", "precision_at_5"):
         assert chosen[metric] > 1.3 * res.loc["popularity", metric], metric
     assert chosen["ndcg_at_10"] < res.loc["oracle", "ndcg_at_10"] + 0.02
-    for algo in ("als", "bpr", "item_item"):
+    for algo in ("als", "bpr", "item_item", "two_stage"):
         assert res.loc[algo, "recall_at_10"] > res.loc["popularity", "recall_at_10"], algo
     assert chosen["coverage_at_10"] > 5 * res.loc["popularity", "coverage_at_10"]
+    # the untuned library baseline and buy-again are rows; the model chosen on validation beats them on test
+    assert chosen["ndcg_at_10"] > res.loc["als_untuned", "ndcg_at_10"]
+    assert chosen["ndcg_at_10"] > res.loc["buy_again", "ndcg_at_10"]
+
+
+def test_cf_tuning_logs_its_time_and_keeps_the_defaults_unless_beaten(settings, trained):
+    configure(settings)
+    run = MlflowClient().get_run(trained["cf"].run_id)
+    for algo in ("als", "bpr", "item_item"):
+        assert run.data.metrics[f"tuning_seconds_{algo}"] > 0
+        # tuning never keeps a candidate that does worse on validation than the defaults
+        tuned = run.data.params[f"tuned_{algo}"] == "True"
+        assert tuned or any(f"{algo}: tuning did not beat" in n for n in trained["cf"].notes), algo
+    assert float(run.data.params["tuning_budget_s"]) == settings.cf_tuning_budget_s
 
 
 def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(settings, trained):
@@ -269,7 +283,7 @@ def test_cf_model_serves_known_fold_in_and_cold_members(settings, trained):
         [known, "NEW-1", "NEW-2"], k=5, histories={"NEW-1": sorted(owned)[:3]}, segments={"NEW-2": "Gold"}
     )
     assert list(out["source"]) == [
-        "cf",
+        "two_stage" if model.algorithm == "two_stage" else "cf",
         "cf_fold_in" if model.algorithm != "bpr" else "segment_popularity",
         "segment_popularity",
     ]

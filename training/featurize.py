@@ -18,7 +18,7 @@ from features.sources import SNAPSHOT_TABLES
 from features.store import write_offline_table
 from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
 from kernel.settings import Settings
-from models.btyd import MIN_REPEATERS, btyd_scores
+from models.btyd import MIN_REPEATERS, btyd_scores, rfm_summary
 from training.data.tiers import tier_from_spend, tier_names
 
 WINDOWS = (30, 90, 365)
@@ -176,14 +176,20 @@ def _btyd(orders: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFram
         "btyd_spend_per_purchase": "expected_spend_per_purchase",
         "btyd_expected_spend_90d": "expected_spend",
     }
-    out = pd.DataFrame(NO_PURCHASE_YET, index=index, columns=list(columns))
+    out = pd.DataFrame(NO_PURCHASE_YET, index=index, columns=[*columns, "btyd_mean_gap_days", "btyd_recency_over_gap"])
     hist = orders[orders["ts"] < t]
     repeaters = (hist.groupby("member_id")["ts"].nunique() > 1).sum() if len(hist) else 0
     if repeaters < MIN_REPEATERS:  # too early in the programme's history to fit anything
         return out
+    summary = rfm_summary(hist, t)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the optimiser probes extremes
-        scores = btyd_scores(hist, t, BTYD_HORIZON_DAYS, max_fit_members=BTYD_MAX_FIT_MEMBERS)
+        scores = btyd_scores(hist, t, BTYD_HORIZON_DAYS, max_fit_members=BTYD_MAX_FIT_MEMBERS, summary=summary)
     scored = scores.rename(columns={v: k for k, v in columns.items()}).reindex(index)
+    # the member's own rhythm: mean days between purchase days, and the current gap in those units
+    summary = summary.reindex(index)
+    gap = summary["t_x"] / summary["x"].where(summary["x"] > 0)
+    scored["btyd_mean_gap_days"] = gap
+    scored["btyd_recency_over_gap"] = (summary["T"] - summary["t_x"]) / gap.where(gap > 0)
     return scored.fillna(NO_PURCHASE_YET).astype(float)
 
 
