@@ -34,6 +34,7 @@ from features.repo import feast_objects
 from features.repo_spec import SPEC_KEY, RepoSpec
 from features.views import NO_TTL_VIEWS
 from kernel.constants import EVENT_TIMESTAMP, MEMBER_ID, ONLINE_FEATURE_SERVICE
+from kernel.curated import text_for_null
 from kernel.settings import Profile, Settings
 
 OFFLINE_ROW_GROUP = 64_000  # rows per parquet row group of the snapshot tables
@@ -62,7 +63,9 @@ def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
         # a local file: Feast re-reads it when its mtime changes, a stat per read
         registry = RegistryConfig(path=str(settings.registry_path), cache_ttl_seconds=60)
         online = SqliteOnlineStoreConfig(path=str(settings.online_store_path))
-        offline = {"type": "file"}
+        # DuckDB over the parquet snapshot tables: the point-in-time join runs in DuckDB, out of
+        # core, not in pandas/Dask memory (what lets a million members train on one machine)
+        offline = {"type": "duckdb"}
     return RepoConfig(
         project=f"{settings.feast_project}_{settings.dataset}",
         provider="local",
@@ -88,28 +91,67 @@ def postgres_offline_config(settings: Settings) -> PostgreSQLOfflineStoreConfig:
     )
 
 
-def write_offline_table(settings: Settings, name: str, df: pd.DataFrame) -> None:
-    """One snapshot table: parquet (always, the exchange format) and, on the production
-    profile, the PostgreSQL table its Feast source reads (replaced in one transaction)."""
-    settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    # in time order, in row groups of a bounded size: a read as of one time skips the others
-    df = df.sort_values(EVENT_TIMESTAMP, kind="stable") if EVENT_TIMESTAMP in df else df
-    df.to_parquet(settings.offline_dir / f"{name}.parquet", index=False, row_group_size=OFFLINE_ROW_GROUP)
-    if settings.profile is not Profile.production:
-        return
-    engine = sa.create_engine(settings.postgres_url)
-    table = settings.offline_table(name)
-    try:
-        with engine.begin() as conn:
-            df.head(0).to_sql(table, conn, if_exists="replace", index=False)
-            raw = conn.connection.driver_connection  # psycopg 3: COPY is ~50x faster than INSERTs
+class OfflineTableWriter:
+    """One snapshot table written in parts, oldest first, so a build never holds every snapshot:
+    parquet (always, the exchange format) and, on the production profile, the PostgreSQL table
+    its Feast source reads. The parquet file replaces the old one when the writer closes without
+    an error; PostgreSQL's table is replaced in one transaction at the end."""
+
+    def __init__(self, settings: Settings, name: str):
+        self.settings, self.name = settings, name
+        settings.offline_dir.mkdir(parents=True, exist_ok=True)
+        self.path = settings.offline_dir / f"{name}.parquet"
+        self._tmp = self.path.with_suffix(".parquet.partial")
+        self._parquet: pq.ParquetWriter | None = None
+        self._conn = None
+        self.rows = 0
+
+    def __enter__(self) -> OfflineTableWriter:
+        if self.settings.profile is Profile.production:
+            self._engine = sa.create_engine(self.settings.postgres_url)
+            self._tx = self._engine.begin()
+            self._conn = self._tx.__enter__()
+        return self
+
+    def write(self, df: pd.DataFrame) -> None:
+        # in time order, in row groups of a bounded size: a read as of one time skips the others
+        df = df.sort_values(EVENT_TIMESTAMP, kind="stable") if EVENT_TIMESTAMP in df else df
+        # microseconds: DuckDB (the embedded offline store) cannot cast nanosecond zoned timestamps
+        zoned = [c for c in df.columns if isinstance(df[c].dtype, pd.DatetimeTZDtype) and df[c].dtype.unit == "ns"]
+        df = df.astype({c: pd.DatetimeTZDtype("us", df[c].dtype.tz) for c in zoned}) if zoned else df
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._tmp, text_for_null(table.schema))
+            if self._conn is not None:
+                df.head(0).to_sql(self.settings.offline_table(self.name), self._conn, if_exists="replace", index=False)
+        self._parquet.write_table(table.cast(self._parquet.schema), row_group_size=OFFLINE_ROW_GROUP)
+        if self._conn is not None:
+            raw = self._conn.connection.driver_connection  # psycopg 3: COPY is ~50x faster than INSERTs
             cols = ", ".join(f'"{c}"' for c in df.columns)
-            with raw.cursor().copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
+            with raw.cursor().copy(f'COPY "{self.settings.offline_table(self.name)}" ({cols}) FROM STDIN') as copy:
                 for row in df.astype(object).where(df.notna(), None).itertuples(index=False, name=None):
                     copy.write_row(row)
-            conn.exec_driver_sql(f'CREATE INDEX ON "{table}" (member_id, event_timestamp)')
-    finally:
-        engine.dispose()
+        self.rows += len(df)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if exc_type is None and self._parquet is not None:
+            self._tmp.replace(self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+        if self._conn is not None:
+            if exc_type is None and self._parquet is not None:
+                table = self.settings.offline_table(self.name)
+                self._conn.exec_driver_sql(f'CREATE INDEX ON "{table}" (member_id, event_timestamp)')
+            self._tx.__exit__(exc_type, exc, tb)
+            self._engine.dispose()
+
+
+def write_offline_table(settings: Settings, name: str, df: pd.DataFrame) -> None:
+    """One snapshot table written whole (see :class:`OfflineTableWriter`)."""
+    with OfflineTableWriter(settings, name) as writer:
+        writer.write(df)
 
 
 def get_store(settings: Settings, serving: bool = False) -> FeatureStore:
@@ -229,7 +271,7 @@ def read_latest(
 ) -> pd.DataFrame:
     """Each member's latest snapshot row at ``as_of`` from each view's offline table, in bulk.
 
-    Feast's point-in-time join (the file offline store runs it on Dask) costs far more than
+    Feast's point-in-time join costs far more than
     scoring when every member is asked about one time: then it reduces to "the newest row per
     member in [as_of - ttl, as_of]", a filtered columnar read (row groups outside the window
     are skipped: the tables are written in time order) and a hashed lookup. The views, their
@@ -286,9 +328,9 @@ def latest_features(
 def training_frame(store: FeatureStore, entity_df: pd.DataFrame, service: str | list[str]) -> pd.DataFrame:
     """Point-in-time correct features for ``entity_df`` (member_id, event_timestamp, labels...).
 
-    Every entity row comes back, in order, with nulls where no snapshot is in range: the
-    file (dask) offline store drops rows whose only candidate snapshots fall outside the
-    TTL window or after the timestamp, so rows are re-attached by a row id. ``service`` is a
+    Every entity row comes back, in order, with nulls where no snapshot is in range: an
+    offline store may drop rows whose only candidate snapshots fall outside the TTL window or
+    after the timestamp (Feast's file store did), so rows are re-attached by a row id. ``service`` is a
     feature service name or a list of ``view:feature`` references.
     """
     keyed = entity_df.reset_index(drop=True).assign(_row=lambda d: range(len(d)))

@@ -216,6 +216,9 @@ def validate(table: str, df: pd.DataFrame, max_passes: int = 5) -> ValidationRes
     bad_index = sorted(reasons)
     quarantined = original.loc[bad_index].astype("string")
     quarantined.insert(0, "_source_row", pd.Series(bad_index, index=bad_index, dtype="int64"))
-    quarantined["_reason"] = ["; ".join(dict.fromkeys(reasons[i])) for i in bad_index]
+    # typed even when empty: no quarantined rows still reads as text columns downstream
+    quarantined["_reason"] = pd.Series(
+        ["; ".join(dict.fromkeys(reasons[i])) for i in bad_index], index=bad_index, dtype="string"
+    )
     source_index = [int(i) for i in valid.index]
     return ValidationResult(table, valid.reset_index(drop=True), quarantined.reset_index(drop=True), source_index)

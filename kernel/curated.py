@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
 
 from kernel.contracts import CONTRACTS
 from kernel.settings import Settings
@@ -65,3 +66,9 @@ def exposures_with_responses(settings: Settings) -> pd.DataFrame:
         out[col] = out[col].astype("boolean").fillna(False).astype(bool)
     out["revenue"] = out["revenue"].fillna(0.0)
     return out
+
+
+def text_for_null(schema: pa.Schema) -> pa.Schema:
+    """A schema for a table written in parts: a column the first part holds only nulls in is
+    typed as text, so later parts with values still fit (every other type is kept)."""
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])

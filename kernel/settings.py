@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # wall-clock budget of all CF tuning in one run (split between the algorithms): trials stop
     # when it is spent, so tuning time does not grow with the programme's size
     cf_tuning_budget_s: float = Field(120.0, gt=0)
+    # members whose rows train and evaluate a model, at most (a fixed hash sample of the rest):
+    # past a few hundred thousand members more rows stop improving the models (bench/RESULTS.md,
+    # scaling), so training time stops growing with the programme; scoring still covers everyone
+    training_max_members: int = Field(200_000, ge=1000)
     # the promotion gate's margin for every job, in its metric's units; unset: each job's own MARGIN.
     # Negative promotes a challenger unless it is worse by more than that (a retrain on fresher data)
     promotion_margin: float | None = None

@@ -294,12 +294,13 @@ class DecisionRuntime:
                 answer.trace.append(TraceStep(rule="channel_consent", removed="all"))
                 answer.notes = notes + [f"no known consent for {channel}: nothing may be sent"]
                 return self._log(answer, context, as_of=ts)
-            cap = self.settings.contact_caps_per_week.get(channel)
-            sent = mstate["contacts"].get(channel, 0)
-            if cap is not None and sent >= cap:
-                answer.trace.append(TraceStep(rule="contact_cap", removed="all", sent_this_week=sent, cap=cap))
-                answer.notes = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
-                return self._log(answer, context, as_of=ts)
+        # every capped channel, in-app included: its cap is a setting like the outbound ones
+        cap = self.settings.contact_caps_per_week.get(channel)
+        sent = mstate["contacts"].get(channel, 0)
+        if cap is not None and sent >= cap:
+            answer.trace.append(TraceStep(rule="contact_cap", removed="all", sent_this_week=sent, cap=cap))
+            answer.notes = [f"contact cap reached: {sent}/{cap} {channel} contacts in 7 days"]
+            return self._log(answer, context, as_of=ts)
         removed = self._removed_by(member, now, mstate)
         answer.trace += [TraceStep(**step) for step in decisions.trace_removed(self.offer_ids, removed)]
         eligible = np.array([r is None for r in removed])

@@ -105,3 +105,33 @@ def test_simulated_data_passes_its_contracts(pipeline):
     for table, r in pipeline["report"].items():
         assert r["quarantined_contract"] == 0 and r["quarantined_reference"] == 0, (table, r["reasons"])
         assert r["valid"] == r["raw"]
+
+
+def test_validation_in_slices_accounts_for_every_row_and_holds_uniqueness_across_slices(
+    settings, pipeline, tmp_path, monkeypatch
+):
+    import training.data.ingest as ingest
+
+    bad = settings.model_copy(update={"data_dir": tmp_path, "dataset": "sliced"})
+    bad.raw_dir.mkdir(parents=True)
+    for f in settings.raw_dir.glob("*.parquet"):
+        df = pd.read_parquet(f)
+        if f.stem == "transactions":
+            df = df.head(1000).copy()
+            df.loc[0, "quantity"] = 0
+            df.loc[500, "member_id"] = "ghost"
+        if f.stem == "members":  # the first member again, in a later slice
+            df = pd.concat([df, df.head(1)], ignore_index=True)
+        df.to_parquet(bad.raw_dir / f.name)
+    monkeypatch.setattr(ingest, "VALIDATE_CHUNK_ROWS", 97)
+    report = validate_dataset(bad)
+    members = report["members"]
+    assert members["raw"] == members["valid"] + 1 and members["quarantined_contract"] == 1
+    q = pd.read_parquet(bad.quarantine_dir / "members__contract.parquet")
+    assert q["_reason"].str.startswith("member_id: not unique").all()
+    assert int(q["_source_row"].iloc[0]) == members["raw"] - 1  # counted over the whole table, not the slice
+    txn = report["transactions"]
+    assert (txn["valid"], txn["quarantined_contract"], txn["quarantined_reference"]) == (998, 1, 1)
+    curated = pd.read_parquet(bad.curated_dir / "transactions.parquet")
+    assert len(curated) == 998 and curated["member_id"].ne("ghost").all()
+    assert pd.read_parquet(bad.curated_dir / "members.parquet")["member_id"].is_unique

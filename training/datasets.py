@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
@@ -111,9 +112,25 @@ def member_labels(order_table: pd.DataFrame, times: list[pd.Timestamp], window: 
     return out
 
 
+def sampled_members(ids, max_members: int, seed: int) -> np.ndarray:
+    """A boolean mask keeping about ``max_members`` of the distinct ``ids`` (all when fewer).
+
+    A member is in or out by a seeded hash of the id, so the same members are kept at every
+    snapshot time, in every job and on every run, and a member's rows are never split."""
+    ids = pd.Series(np.asarray(ids))
+    n = ids.nunique()
+    if n <= max_members:
+        return np.ones(len(ids), dtype=bool)
+    h = pd.util.hash_pandas_object(ids, index=False, hash_key=f"{seed:016d}"[:16]).to_numpy()
+    return (h % np.uint64(1 << 32)) < np.uint64(int(max_members / n * (1 << 32)))
+
+
 def cutoff_labels(ctx: TrainingContext, n_snapshots: int) -> tuple[list[pd.Timestamp], pd.DataFrame, pd.DataFrame]:
-    """Training cutoffs, their label frames and the holdout label frame at the cutoff (churn and value)."""
+    """Training cutoffs, their label frames and the holdout label frame at the cutoff (churn and value),
+    each for at most ``training_max_members`` sampled members."""
     order_table = orders(ctx.settings)
+    keep = sampled_members(order_table["member_id"], ctx.settings.training_max_members, ctx.settings.seed)
+    order_table = order_table[keep] if not keep.all() else order_table
     times = training_times(ctx, n_snapshots)
     return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
 

@@ -8,6 +8,7 @@ the label timestamp.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.sources import SNAPSHOT_TABLES
-from features.store import write_offline_table
+from features.store import OfflineTableWriter, write_offline_table
 from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
 from kernel.settings import Settings
 from models.btyd import MIN_REPEATERS, btyd_scores, rfm_summary
@@ -268,20 +269,17 @@ def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str,
     start = min(txn["ts"].min(), members["join_date"].min()) if len(txn) else members["join_date"].min()
     times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
 
-    frames: dict[str, list[pd.DataFrame]] = {k: [] for k in SNAPSHOT_TABLES}
     tier_prev = pd.Series(0, index=members.index)
     tier_since = pd.Series(pd.NaT, index=members.index, dtype="datetime64[ns]")
-    # disable=None: no bar when stdout is not a terminal (logs, CI)
-    for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=None if progress else True):
-        for name, df in snapshot(history, t, tier_prev, tier_since).items():
-            frames[name].append(df)
-
-    counts = {}
-    for name, parts in frames.items():
-        df = pd.concat(parts, ignore_index=True)
-        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
-        write_offline_table(settings, name, df)
-        counts[name] = len(df)
+    # each snapshot goes to disk as it is made: memory holds one snapshot, not the history of them
+    with contextlib.ExitStack() as stack:
+        writers = {name: stack.enter_context(OfflineTableWriter(settings, name)) for name in SNAPSHOT_TABLES}
+        # disable=None: no bar when stdout is not a terminal (logs, CI)
+        for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=None if progress else True):
+            for name, df in snapshot(history, t, tier_prev, tier_since).items():
+                df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
+                writers[name].write(df)
+    counts = {name: w.rows for name, w in writers.items()}
     return counts | _write_unversioned(settings, history)
 
 

@@ -347,96 +347,176 @@ def deduplicate(table: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
 
 
 # --------------------------------------------------------------------------- validation
+VALIDATE_CHUNK_ROWS = 1_000_000  # rows validated at once: validation memory stays bounded
+
+
+def _unique_columns(table: str) -> list[str]:
+    from kernel.contracts import CONTRACTS
+
+    return [name for name, col in CONTRACTS[table].to_schema().columns.items() if col.unique]
+
+
+def _key_hash(values: pd.Series) -> np.ndarray:
+    return pd.util.hash_pandas_object(values.astype("string"), index=False).to_numpy()
+
+
+def validate_in_chunks(table: str, raw: pd.DataFrame, chunk_rows: int = VALIDATE_CHUNK_ROWS):
+    """:func:`kernel.contracts.validate` over ``raw`` (tagged with its batch) in slices of
+    ``chunk_rows``, yielding (valid, quarantined) per slice with ``_source_row`` counted over
+    the whole table. A unique field the contract declares is held across slices too: a value an
+    earlier slice already kept is quarantined as not unique (the first one stays)."""
+    unique = _unique_columns(table)
+    seen: dict[str, list[np.ndarray]] = {c: [] for c in unique}
+    for first in range(0, max(len(raw), 1), chunk_rows):
+        part = raw.iloc[first : first + chunk_rows].reset_index(drop=True)
+        result = validate(table, part.drop(columns=BATCH_COLUMN))
+        src = np.asarray(result.source_index, dtype=np.int64)
+        valid = result.valid.assign(**{BATCH_COLUMN: part[BATCH_COLUMN].to_numpy()[src]})
+        quarantined = result.quarantined
+        quarantined = quarantined.assign(
+            _source_row=quarantined["_source_row"] + first,
+            **{BATCH_COLUMN: part[BATCH_COLUMN].to_numpy()[quarantined["_source_row"].to_numpy()]},
+        )
+        repeated = np.zeros(len(valid), dtype=bool)
+        why = np.full(len(valid), "", dtype=object)
+        for c in unique:
+            h = _key_hash(valid[c])
+            if seen[c]:
+                again = np.isin(h, np.concatenate(seen[c])) & ~repeated
+                why[again] = f"{c}: not unique (an earlier row holds the same value; that one is kept)"
+                repeated |= again
+            seen[c].append(h[~repeated])
+        if repeated.any():
+            dup = part.drop(columns=BATCH_COLUMN).iloc[src[repeated]].astype("string")
+            dup.insert(0, "_source_row", src[repeated] + first)
+            dup["_reason"] = pd.Series(why[repeated], index=dup.index, dtype="string")
+            dup[BATCH_COLUMN] = part[BATCH_COLUMN].to_numpy()[src[repeated]]
+            quarantined = pd.concat([quarantined, dup], ignore_index=True)
+            valid = valid.loc[~repeated]
+        yield valid.reset_index(drop=True), quarantined
+
+
 def validate_dataset(settings: Settings) -> dict:
     """Validate every raw table (every batch, deduplicated by natural keys); write curated
-    tables (each row with its batch), quarantine files and a report."""
+    tables (each row with its batch), quarantine files and a report. One table at a time, in
+    slices (:func:`validate_in_chunks`): memory holds one table's raw rows and the key columns
+    its children reference, never the whole dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kernel.curated import text_for_null
+
     _clear(settings.curated_dir)
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     for stage in ("contract", "reference", "conflict"):  # adapter and import rejects stay: the load step wrote them
         for old in settings.quarantine_dir.glob(f"*__{stage}.parquet"):
             old.unlink()
     meta = read_meta(settings) if (settings.dataset_dir / "meta.json").exists() else {}
-    raw_tables: dict[str, pd.DataFrame] = {}
-    dedup: dict[str, tuple[int, int, dict]] = {}
     imported = "mapping" in meta
-    for table in ORDER:
+
+    def read_deduplicated(table: str) -> tuple[pd.DataFrame, tuple[int, int, dict]] | None:
         if (
             imported
             and not (settings.raw_dir / table).exists()
             and not (settings.raw_dir / f"{table}.parquet").exists()
         ):
-            continue  # built from the transactions below
+            return None  # built from the transactions below
         raw = _raw_parts(settings, table)
         kept, conflicts, counts = deduplicate(table, raw)
         _write_quarantine(settings, table, "conflict", conflicts)
-        raw_tables[table] = kept.reset_index(drop=True)
-        dedup[table] = (len(raw), len(conflicts), counts)
+        return kept.reset_index(drop=True), (len(raw), len(conflicts), counts)
+
+    raw_tables: dict[str, pd.DataFrame] = {}
+    dedup: dict[str, tuple[int, int, dict]] = {}
     notes: list[str] = []
-    if imported:
+    if imported:  # the mapping completes tables from one another: all are read first
+        for table in ORDER:
+            if (read := read_deduplicated(table)) is not None:
+                raw_tables[table], dedup[table] = read
         mapping = Mapping.model_validate(meta["mapping"])
         completed, notes = complete_tables(raw_tables, mapping, keep=BATCH_COLUMN)
         for table, df in completed.items():
             batches = df[BATCH_COLUMN].fillna("derived") if BATCH_COLUMN in df else "derived"
             raw_tables[table] = df.assign(**{BATCH_COLUMN: batches})
     report: dict[str, dict] = {}
-    curated: dict[str, pd.DataFrame] = {}
+    keys: dict[tuple[str, str], np.ndarray] = {}  # (parent, key) -> hashes of its curated keys
     per_batch: dict[str, dict[str, dict[str, int]]] = {}
+    firsts: list[pd.Timestamp] = []
     for table in ORDER:
-        raw = raw_tables[table]
+        if table in raw_tables:
+            raw = raw_tables.pop(table)
+        else:
+            raw, dedup[table] = read_deduplicated(table)
         n_read, n_conflicts, counts = dedup.get(table, (len(raw), 0, {}))
-        result = validate(table, raw.drop(columns=BATCH_COLUMN))
-        valid = result.valid.assign(**{BATCH_COLUMN: raw[BATCH_COLUMN].to_numpy()[result.source_index]})
-        quarantined = result.quarantined.assign(
-            **{BATCH_COLUMN: raw[BATCH_COLUMN].to_numpy()[result.quarantined["_source_row"].to_numpy()]}
-        )
+        n_valid = 0
+        quarantined_parts, orphan_parts = [], []
+        writer = None
+        path = settings.curated_dir / f"{table}.parquet"
+        try:
+            for valid, quarantined in validate_in_chunks(table, raw, VALIDATE_CHUNK_ROWS):
+                quarantined_parts.append(quarantined)
+                for (child, col), (parent, key) in REFERENCES.items():
+                    if child != table or (parent, key) not in keys:
+                        continue
+                    unknown = ~np.isin(_key_hash(valid[col]), keys[(parent, key)])
+                    if unknown.any():
+                        orphan_parts.append(valid.loc[unknown].assign(_reason=f"{col}: not in curated {parent}"))
+                        valid = valid.loc[~unknown]
+                valid = valid.reset_index(drop=True)
+                frame = pa.Table.from_pandas(valid, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(path, text_for_null(frame.schema))
+                writer.write_table(frame.cast(writer.schema))
+                n_valid += len(valid)
+                for parent, key in REFERENCES.values():  # what later tables are checked against
+                    if parent == table:
+                        keys.setdefault((parent, key), np.empty(0, np.uint64))
+                        keys[(parent, key)] = np.concatenate([keys[(parent, key)], _key_hash(valid[key])])
+                first_col = {"members": "join_date", "transactions": "ts"}.get(table)
+                if first_col and valid[first_col].notna().any():
+                    firsts.append(valid[first_col].min())
+                for batch, n in valid[BATCH_COLUMN].value_counts().items():
+                    entry = per_batch.setdefault(batch, {}).setdefault(table, {})
+                    entry["curated"] = entry.get("curated", 0) + int(n)
+        finally:
+            if writer is not None:
+                writer.close()
+        quarantined = pd.concat(quarantined_parts, ignore_index=True)
+        n_contract = len(quarantined)
         _write_quarantine(settings, table, "contract", quarantined)
-        orphans = []
-        for (child, col), (parent, key) in REFERENCES.items():
-            if child != table or parent not in curated:
-                continue
-            unknown = ~valid[col].isin(curated[parent][key])
-            if unknown.any():
-                orphans.append(valid.loc[unknown].assign(_reason=f"{col}: not in curated {parent}"))
-                valid = valid.loc[~unknown]
-        n_orphans = sum(len(o) for o in orphans)
-        if orphans:
-            _write_quarantine(settings, table, "reference", pd.concat(orphans))
-        valid = valid.reset_index(drop=True)
-        valid.to_parquet(settings.curated_dir / f"{table}.parquet", index=False)
-        curated[table] = valid
+        n_orphans = sum(len(o) for o in orphan_parts)
+        if orphan_parts:
+            _write_quarantine(settings, table, "reference", pd.concat(orphan_parts))
         n_loader = _count_quarantine(settings, table, ("adapter", "import_"))
         skipped = sum(c.get("duplicates_skipped", 0) for c in counts.values())
         updated = sum(c.get("updated", 0) for c in counts.values())
         report[table] = {
             "raw": n_read,
-            "valid": len(valid),
+            "valid": n_valid,
             "duplicates_skipped": skipped,
             "updated": updated,
             "quarantined_conflict": n_conflicts,
-            "quarantined_contract": len(result.quarantined),
+            "quarantined_contract": n_contract,
             "quarantined_reference": n_orphans,
             "rejected_by_adapter": n_loader,
-            "reasons": _top_reasons(result.quarantined, orphans),
+            "reasons": _top_reasons(quarantined, orphan_parts),
         }
         # the no-silent-drop invariant: every row read is kept, skipped as a duplicate, replaced, or quarantined
         derived = int((raw[BATCH_COLUMN] == "derived").sum())  # rows built from the transactions, none read
         if n_read + derived != len(raw) + skipped + updated + n_conflicts and table in dedup:
             raise ContractError(f"{table}: rows lost in deduplication")
-        if len(raw) != len(valid) + len(result.quarantined) + n_orphans:
+        if len(raw) != n_valid + n_contract + n_orphans:
             raise ContractError(f"{table}: rows lost in validation")
         for batch, c in counts.items():
-            per_batch.setdefault(batch, {})[table] = c
-        for batch, n in valid[BATCH_COLUMN].value_counts().items():
-            per_batch.setdefault(batch, {}).setdefault(table, {})["curated"] = int(n)
-        bad = pd.concat([quarantined[[BATCH_COLUMN]]] + [o[[BATCH_COLUMN]] for o in orphans])
+            per_batch.setdefault(batch, {})[table] = c | per_batch.get(batch, {}).get(table, {})
+        bad = pd.concat([quarantined[[BATCH_COLUMN]]] + [o[[BATCH_COLUMN]] for o in orphan_parts])
         for batch, n in bad[BATCH_COLUMN].value_counts().items():
             per_batch.setdefault(batch, {}).setdefault(table, {})["quarantined"] = int(n)
+        del raw, quarantined, quarantined_parts, orphan_parts
     (settings.dataset_dir / "validation_report.json").write_text(json.dumps(report, indent=2))
     if imported:
         write_batches(settings, [b | {"validated": per_batch.get(b["batch_id"], {})} for b in read_batches(settings)])
     if meta:  # the programme's first data: the service refuses event times before it
-        firsts = [curated["members"]["join_date"].min(), curated["transactions"]["ts"].min()]
-        firsts = [t for t in firsts if pd.notna(t)]
         update = {"start": min(firsts)} if firsts else {}
         if notes:
             update["notes"] = list(dict.fromkeys([*meta.get("notes", []), *notes]))

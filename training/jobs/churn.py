@@ -51,6 +51,8 @@ def run(
             {
                 "label_window_days": settings.label_window_days,
                 "training_snapshots": len(times),
+                "training_members": train_labels["member_id"].nunique(),
+                "training_max_members": settings.training_max_members,
                 "train_from": times[0].date(),
                 "train_to": times[-1].date(),
                 "cutoff": ctx.cutoff.date(),

@@ -34,6 +34,8 @@ def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, re
             {
                 "horizon_days": settings.label_window_days,
                 "training_snapshots": len(times),
+                "training_members": train_labels["member_id"].nunique(),
+                "training_max_members": settings.training_max_members,
                 "cutoff": ctx.cutoff.date(),
                 "objective": "tweedie",
                 "annualisation": "horizon value x 365 / horizon_days",

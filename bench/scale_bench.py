@@ -1,0 +1,208 @@
+"""Wall time and peak memory of every step of the main job, at growing programme sizes.
+
+    python bench/scale_bench.py [--members 10000 100000 1000000] [--data-dir DIR] [--engine local|dask]
+
+Each step runs as its own ``loyalty-ml`` process on the embedded default (simulate, validate,
+features build, apply, materialize, then each training job), so its peak RSS is its own: the
+largest resident set of the process tree, sampled every 0.2 s, and never below the kernel's
+``ru_maxrss`` of the step's main process. Holdout metrics come from the runs the jobs logged.
+
+Prints a table per size and, last,
+``SUMMARY scale_bench m1_wall_s=A m1_peak_rss_gb=B train_time_growth_10x=C ...``: the wall time
+and peak RSS of the largest size (named ``m1`` when it is 1M members) and the training time at
+the largest size over the size ten times smaller (where both ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ("cf", "churn", "clv", "uplift", "fraud")
+ENGINE_ARGS = {("churn", "dask"): ["--engine", "dask"]}  # the steps that take an engine
+PRIMARY = {"cf": "ndcg_at_10", "churn": "roc_auc", "clv": "spearman", "uplift": "qini", "fraud": "recall"}
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("loyalty-ml")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of a process and all its descendants (Dask workers, joblib pools)."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # ended between listing and reading
+            pass
+    return total
+
+
+def run_step(args: list[str], env: dict, log: Path) -> dict:
+    """One ``loyalty-ml`` call: seconds, peak RSS in bytes, exit code."""
+    started = time.perf_counter()
+    with log.open("ab") as out:
+        proc = subprocess.Popen([*cli(), *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        peak, done = 0, threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            watched = psutil.Process(proc.pid)
+            while not done.is_set():
+                try:
+                    peak = max(peak, tree_rss(watched))
+                except psutil.Error:
+                    return
+                done.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss": max(peak, usage.ru_maxrss * 1024),  # ru_maxrss: KiB on Linux
+        "rc": proc.returncode,
+    }
+
+
+def holdout_metrics(data_dir: Path) -> dict[str, float]:
+    """Each job's primary holdout metric from its latest MLflow run."""
+    import mlflow
+
+    os.environ["LOYALTY_DATA_DIR"] = str(data_dir)
+    from kernel.settings import Settings
+
+    settings = Settings(dataset="simulated", data_dir=data_dir)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    out = {}
+    for job in JOBS:
+        runs = mlflow.search_runs(
+            experiment_names=[settings.experiment_name],
+            filter_string=f"tags.job = '{job}'",
+            order_by=["start_time DESC"],
+            max_results=1,
+        )
+        col = f"metrics.{PRIMARY[job]}"
+        if len(runs) and col in runs and runs[col].notna().any():
+            out[job] = float(runs[col].iloc[0])
+    return out
+
+
+def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[str] | None = None) -> dict:
+    env = os.environ | {"LOYALTY_DATA_DIR": str(data_dir), "LOYALTY_DATASET": "simulated"}
+    steps = [
+        ("data", ["data", "simulate", "--members", str(members)]),
+        ("validate", ["data", "validate"]),
+        ("features build", ["features", "build"]),
+        ("features apply", ["features", "apply"]),
+        ("materialize", ["features", "materialize"]),
+        *[(f"train {job}", ["train", job, *ENGINE_ARGS.get((job, engine), [])]) for job in JOBS],
+    ]
+    if only:
+        steps = [(name, args) for name, args in steps if name in only]
+    rows = {}
+    for name, args in steps:
+        row = run_step(args, env, log)
+        rows[name] = row
+        print(f"  {members:>9,} {name:<15} {row['seconds']:8.1f} s {row['peak_rss'] / 2**30:6.2f} GB rc={row['rc']}")
+        if row["rc"] != 0:
+            raise SystemExit(f"step {name!r} at {members} members failed (exit {row['rc']}); see {log}")
+    trained = any(name.startswith("train ") for name in rows)
+    return {"members": members, "steps": rows, "metrics": holdout_metrics(data_dir) if trained else {}}
+
+
+def bytes_per_member(results: list[dict]) -> dict[str, list[float]]:
+    """Per step, the peak memory each added member costs between consecutive sizes."""
+    out = {}
+    for name in results[0]["steps"]:
+        out[name] = [
+            (b["steps"][name]["peak_rss"] - a["steps"][name]["peak_rss"]) / (b["members"] - a["members"])
+            for a, b in zip(results, results[1:], strict=False)
+        ]
+    return out
+
+
+def totals(result: dict) -> tuple[float, float, float]:
+    steps = result["steps"]
+    wall = sum(s["seconds"] for s in steps.values())
+    train = sum(s["seconds"] for n, s in steps.items() if n.startswith("train "))
+    return wall, max(s["peak_rss"] for s in steps.values()), train
+
+
+def size_name(members: int) -> str:
+    return f"m{members // 1_000_000}" if members % 1_000_000 == 0 else f"k{members // 1000}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--members", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory per size")
+    ap.add_argument(
+        "--engine",
+        default="local",
+        help="local, or dask for the steps that run on it (a LocalCluster unless LOYALTY_DASK_SCHEDULER)",
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    ap.add_argument("--steps", nargs="+", default=None, help="only these steps (names as in the table)")
+    args = ap.parse_args()
+
+    results = []
+    for members in sorted(args.members):
+        base = args.data_dir or Path(tempfile.mkdtemp(prefix="loyalty-scale-"))
+        data_dir = base / f"members-{members}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        log = data_dir.parent / f"scale-{members}.log"
+        print(f"{members:,} members (log {log})", flush=True)
+        results.append(run_size(members, data_dir, args.engine, log, args.steps))
+        if args.data_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+    print(f"\n{'step':<16}" + "".join(f"{r['members']:>22,}" for r in results))
+    for name in results[0]["steps"]:
+        cells = "".join(
+            f"{r['steps'][name]['seconds']:>11.0f} s {r['steps'][name]['peak_rss'] / 2**30:>6.2f} GB" for r in results
+        )
+        print(f"{name:<16}{cells}")
+    for job in JOBS:
+        print(
+            f"{job + ' ' + PRIMARY[job]:<28}"
+            + "".join(f"{r['metrics'].get(job, float('nan')):>10.4f}" for r in results)
+        )
+    per_member = bytes_per_member(results) if len(results) > 1 else {}
+    for name, values in per_member.items():
+        print(f"{name + ' bytes/member':<28}" + "".join(f"{v:>10.0f}" for v in values))
+    if args.json:
+        args.json.write_text(json.dumps({"sizes": results, "bytes_per_member": per_member}, indent=2))
+
+    largest = results[-1]
+    wall, rss, train = totals(largest)
+    summary = {
+        f"{size_name(largest['members'])}_wall_s": f"{wall:.0f}",
+        f"{size_name(largest['members'])}_peak_rss_gb": f"{rss / 2**30:.2f}",
+    }
+    tenth = [r for r in results if r["members"] * 10 == largest["members"]]
+    if tenth:
+        summary["train_time_growth_10x"] = f"{train / totals(tenth[0])[2]:.2f}"
+        summary["wall_growth_10x"] = f"{wall / totals(tenth[0])[0]:.2f}"
+        summary["rss_growth_10x"] = f"{rss / totals(tenth[0])[1]:.2f}"
+    print("SUMMARY scale_bench " + " ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()
