@@ -291,3 +291,17 @@ def test_cf_model_serves_known_fold_in_and_cold_members(settings, trained):
     assert all(len(x) == 5 for x in out["item_ids"])
     assert np.all(np.diff(out["scores"][0]) <= 1e-9)  # ranked
     assert isinstance(trained["cf"].comparison, pd.DataFrame)
+
+
+@pytest.mark.unit
+def test_training_sample_keeps_whole_members_the_same_ones_every_time():
+    from training.datasets import sampled_members
+
+    ids = np.repeat([f"M{i:07d}" for i in range(50_000)], 3)  # three snapshot rows per member
+    keep = sampled_members(ids, 10_000, seed=7)
+    per_member = keep.reshape(-1, 3)
+    assert (per_member.all(axis=1) == per_member.any(axis=1)).all()  # a member's rows are never split
+    assert 9_500 <= per_member[:, 0].sum() <= 10_500
+    assert (sampled_members(ids[::-1], 10_000, seed=7) == keep[::-1]).all()  # by id, not by position
+    assert (sampled_members(ids, 10_000, seed=8) != keep).any()
+    assert sampled_members(ids, 50_000, seed=7).all()  # no more members than the cap: all kept
