@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from models.calibration import CALIBRATORS, METHODS, choose_calibrator
-from models.features import FeatureMatrix
+from models.features import SIZE_PARAMS, FeatureMatrix, fit_best_size
 
 # n_estimators is the ceiling: the booster stops when the held-out log loss has not improved
 # for EARLY_STOPPING_ROUNDS (a fixed count over- or under-fits depending on the table)
@@ -114,20 +114,19 @@ class ChurnModel:
             held = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
         else:
             # the caller's tree size is kept; otherwise each size of the grid competes
-            grid = [{}] if {"num_leaves", "min_child_samples"} & set(self.params) else COMPLEXITY_GRID
-            fits = []
-            for size in grid:
-                candidate = lgb.LGBMClassifier(**(params | size), random_state=self.seed).fit(
-                    M.iloc[fit_idx],
-                    y[fit_idx],
-                    eval_set=[(M.iloc[cal_idx], y[cal_idx])],
-                    callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
-                )
-                fits.append((candidate.best_score_["valid_0"]["binary_logloss"], size, candidate))
-            _, size, held = min(fits, key=lambda f: f[0])
+            size, held = fit_best_size(
+                lgb.LGBMClassifier,
+                COMPLEXITY_GRID,
+                params,
+                self.params,
+                self.seed,
+                (M.iloc[fit_idx], y[fit_idx]),
+                (M.iloc[cal_idx], y[cal_idx]),
+                EARLY_STOPPING_ROUNDS,
+            )
             params = params | size
             self.n_trees_ = int(held.best_iteration_ or params["n_estimators"])
-        self.complexity_ = {k: params[k] for k in ("num_leaves", "min_child_samples")}
+        self.complexity_ = {k: params[k] for k in SIZE_PARAMS}
         raw = held.booster_.predict(M.iloc[cal_idx], num_iteration=self.n_trees_)
         self.calibration_method_, self.calibrator_, self.calibration_brier_ = choose_calibrator(
             raw, y[cal_idx], methods, self.seed

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from models.features import FeatureMatrix
+from models.features import SIZE_PARAMS, FeatureMatrix, fit_best_size
 
 PARAMS = {
     "objective": "tweedie",
@@ -62,21 +62,20 @@ class CLVModel:
             groups = np.arange(len(X)) if groups is None else np.asarray(groups)
             split = GroupShuffleSplit(n_splits=1, test_size=HELD_OUT_SHARE, random_state=self.seed)
             fit_idx, held_idx = next(split.split(M, y, groups))
-            grid = [{}] if {"num_leaves", "min_child_samples"} & set(self.params) else COMPLEXITY_GRID
-            fits = []
-            for size in grid:
-                candidate = lgb.LGBMRegressor(**(params | size), random_state=self.seed).fit(
-                    M.iloc[fit_idx],
-                    y[fit_idx],
-                    eval_set=[(M.iloc[held_idx], y[held_idx])],
-                    callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
-                )
-                loss = next(iter(candidate.best_score_["valid_0"].values()))
-                fits.append((loss, size, int(candidate.best_iteration_ or params["n_estimators"])))
-            _, size, trees = min(fits, key=lambda f: f[0])
+            size, best = fit_best_size(
+                lgb.LGBMRegressor,
+                COMPLEXITY_GRID,
+                params,
+                self.params,
+                self.seed,
+                (M.iloc[fit_idx], y[fit_idx]),
+                (M.iloc[held_idx], y[held_idx]),
+                EARLY_STOPPING_ROUNDS,
+            )
+            trees = int(best.best_iteration_ or params["n_estimators"])
             params = params | size | {"n_estimators": trees}
         self.n_trees_ = int(params["n_estimators"])
-        self.complexity_ = {k: params[k] for k in ("num_leaves", "min_child_samples")}
+        self.complexity_ = {k: params[k] for k in SIZE_PARAMS}
         self.model_ = lgb.LGBMRegressor(**params, random_state=self.seed).fit(M, y)
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -124,3 +125,21 @@ def _numbers(values) -> np.ndarray | float:
     if arr.dtype.kind in "fiub":
         return arr.astype(np.float64)
     return pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(dtype=np.float64)
+
+
+SIZE_PARAMS = ("num_leaves", "min_child_samples")  # what a tree-size grid varies
+
+
+def fit_best_size(estimator, grid, params: dict, user_params: dict, seed: int, fit: tuple, held: tuple, rounds: int):
+    """Each tree size of ``grid`` (only the caller's own when ``user_params`` sets one) fitted on
+    ``fit`` = (X, y) with early stopping after ``rounds`` on ``held`` = (X, y); returns the size
+    with the lowest held-out loss and its fitted LightGBM ``estimator``."""
+    sizes = [{}] if set(SIZE_PARAMS) & set(user_params) else grid
+    fits = []
+    for size in sizes:
+        candidate = estimator(**(params | size), random_state=seed).fit(
+            *fit, eval_set=[held], callbacks=[lgb.early_stopping(rounds, verbose=False)]
+        )
+        fits.append((next(iter(candidate.best_score_["valid_0"].values())), size, candidate))
+    _, size, best = min(fits, key=lambda f: f[0])
+    return size, best

@@ -81,17 +81,36 @@ def test_cross_field_rules():
     assert "sign_matches_kind" in validate("points_ledger", ledger).quarantined["_reason"][0]
 
 
-def test_dataset_validation_quarantines_and_accounts_for_every_row(settings, pipeline, tmp_path):
-    bad = settings.model_copy(update={"data_dir": tmp_path, "dataset": "broken"})
+def _edited_copy(settings, tmp_path, dataset: str, edits: dict):
+    """The test world's raw tables in a new dataset, each in ``edits`` changed by its function;
+    transactions cut to their first 1,000 rows."""
+    bad = settings.model_copy(update={"data_dir": tmp_path, "dataset": dataset})
     bad.raw_dir.mkdir(parents=True)
     for f in settings.raw_dir.glob("*.parquet"):
         df = pd.read_parquet(f)
         if f.stem == "transactions":
             df = df.head(1000).copy()
-            df.loc[0, "quantity"] = 0
-            df.loc[1, "member_id"] = "ghost"  # unknown member: referential quarantine
-            df.loc[2, "channel"] = "fax"
+        if f.stem in edits:
+            df = edits[f.stem](df)
         df.to_parquet(bad.raw_dir / f.name)
+    return bad
+
+
+def _set(**cells):
+    """An edit that sets ``column=(row, value)`` cells."""
+
+    def edit(df):
+        for column, (row, value) in cells.items():
+            df.loc[row, column] = value
+        return df
+
+    return edit
+
+
+def test_dataset_validation_quarantines_and_accounts_for_every_row(settings, pipeline, tmp_path):
+    # an unknown member: referential quarantine; the others break the contract
+    edit = _set(quantity=(0, 0), member_id=(1, "ghost"), channel=(2, "fax"))
+    bad = _edited_copy(settings, tmp_path, "broken", {"transactions": edit})
     report = validate_dataset(bad)["transactions"]
     assert report["raw"] == 1000
     assert report["quarantined_contract"] == 2 and report["quarantined_reference"] == 1
@@ -112,17 +131,11 @@ def test_validation_in_slices_accounts_for_every_row_and_holds_uniqueness_across
 ):
     import training.data.ingest as ingest
 
-    bad = settings.model_copy(update={"data_dir": tmp_path, "dataset": "sliced"})
-    bad.raw_dir.mkdir(parents=True)
-    for f in settings.raw_dir.glob("*.parquet"):
-        df = pd.read_parquet(f)
-        if f.stem == "transactions":
-            df = df.head(1000).copy()
-            df.loc[0, "quantity"] = 0
-            df.loc[500, "member_id"] = "ghost"
-        if f.stem == "members":  # the first member again, in a later slice
-            df = pd.concat([df, df.head(1)], ignore_index=True)
-        df.to_parquet(bad.raw_dir / f.name)
+    edits = {
+        "transactions": _set(quantity=(0, 0), member_id=(500, "ghost")),
+        "members": lambda df: pd.concat([df, df.head(1)], ignore_index=True),  # the first member again, later
+    }
+    bad = _edited_copy(settings, tmp_path, "sliced", edits)
     monkeypatch.setattr(ingest, "VALIDATE_CHUNK_ROWS", 97)
     report = validate_dataset(bad)
     members = report["members"]
