@@ -108,7 +108,7 @@ def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[st
     steps = [
         ("data", ["data", "simulate", "--members", str(members)]),
         ("validate", ["data", "validate"]),
-        ("features build", ["features", "build"]),
+        ("features build", ["features", "build", *(["--engine", "dask"] if engine == "dask" else [])]),
         ("features apply", ["features", "apply"]),
         ("materialize", ["features", "materialize"]),
         *[(f"train {job}", ["train", job, *ENGINE_ARGS.get((job, engine), [])]) for job in JOBS],

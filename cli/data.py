@@ -197,13 +197,18 @@ def data_validate(ctx: typer.Context) -> None:
 
 
 @features_app.command("build")
-def features_build(ctx: typer.Context) -> None:
+def features_build(
+    ctx: typer.Context,
+    engine: str = typer.Option("local", help="local | dask: member partitions on the Dask cluster's workers"),
+) -> None:
     """Compute point-in-time member feature snapshots into the offline store."""
     require_dataset(settings_of(ctx))
+    if engine not in ("local", "dask"):
+        fail(ValueError(f"--engine must be 'local' or 'dask', not {engine!r}"))
     from training.featurize import build_feature_tables
 
     try:
-        console.print(build_feature_tables(settings_of(ctx)))
+        console.print(build_feature_tables(settings_of(ctx), engine=engine))
     except FileNotFoundError as err:
         fail(err)
 

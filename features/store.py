@@ -92,7 +92,8 @@ def postgres_offline_config(settings: Settings) -> PostgreSQLOfflineStoreConfig:
 
 
 class OfflineTableWriter:
-    """One snapshot table written in parts, oldest first, so a build never holds every snapshot:
+    """One snapshot table written in parts (a member partition's snapshots each, in time order
+    within a part), so a build never holds every snapshot:
     parquet (always, the exchange format) and, on the production profile, the PostgreSQL table
     its Feast source reads. The parquet file replaces the old one when the writer closes without
     an error; PostgreSQL's table is replaced in one transaction at the end."""

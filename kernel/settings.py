@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     dask_workers: int = 2  # workers of the local cluster (one thread each)
 
     snapshot_every_days: int = 28  # cadence of feature snapshots in the offline store
+    # members per partition of the feature build: memory holds one partition's history, so it
+    # bounds the build's memory whatever the programme's size (training.partitions)
+    feature_partition_members: int = Field(25_000, ge=100)
     label_window_days: int = 90  # churn label: no purchase in the next N days; CLV horizon
     # days an exposure's response is counted; the offer job leaves out exposures whose window is still open
     response_window_days: int = Field(14, ge=1)

@@ -151,6 +151,53 @@ class GammaGamma:
         return p * (g + x * m) / (p * x + q - 1)
 
 
+class BuyTillYouDie:
+    """BG/NBD and Gamma-Gamma fitted together on :func:`rfm_summary` rows, then scored for any
+    members of the same cutoff (so a fit on a sample scores every partition of the programme)."""
+
+    def fit(self, summary: pd.DataFrame, max_fit_members: int | None = None) -> BuyTillYouDie:
+        """``max_fit_members``: fit on a fixed random sample of this many rows (four parameters
+        need no more)."""
+        # rows in one canonical order: the same members give the same fit however they are
+        # listed (a partitioned build concatenates them differently; the optimiser's tolerance shows)
+        summary = summary.sort_values(["x", "t_x", "T", "m", "spend"], kind="stable")
+        x, t_x, T = summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy()
+        fit = np.arange(len(x))
+        if max_fit_members is not None and len(x) > max_fit_members:
+            fit = np.random.default_rng(0).choice(len(x), max_fit_members, replace=False)
+        self.bg_ = BetaGeo().fit(x[fit], t_x[fit], T[fit])
+        m = summary["m"].to_numpy()
+        self.gg_ = None
+        if ((x[fit] > 0) & (m[fit] > 0)).sum() >= MIN_REPEATERS:
+            self.gg_ = GammaGamma().fit(x[fit], m[fit])
+        # too few repeat buyers for the spend model: the mean value of a purchase day
+        self.mean_spend_ = float(summary["spend"].sum() / max(x.sum() + len(x), 1))
+        return self
+
+    def score(self, summary: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
+        """P(alive), P(no purchase) and expected purchases in the next ``horizon_days``, spend per
+        purchase and the expected spend in the horizon, per row of ``summary``."""
+        x, t_x, T = summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy()
+        alive = self.bg_.p_alive(x, t_x, T)
+        p = self.bg_.params_
+        quiet_if_alive = ((p["alpha"] + T) / (p["alpha"] + T + horizon_days)) ** (p["r"] + x)
+        purchases = self.bg_.expected_purchases(horizon_days, x, t_x, T)
+        if self.gg_ is not None:
+            spend = self.gg_.expected_spend(x, summary["m"].to_numpy())
+        else:
+            spend = np.full(len(x), self.mean_spend_)
+        return pd.DataFrame(
+            {
+                "p_alive": alive,
+                "p_no_purchase": (1 - alive) + alive * quiet_if_alive,
+                "expected_purchases": purchases,
+                "expected_spend_per_purchase": spend,
+                "expected_spend": purchases * spend,
+            },
+            index=summary.index,
+        )
+
+
 def btyd_scores(
     orders: pd.DataFrame,
     cutoff: pd.Timestamp,
@@ -158,34 +205,8 @@ def btyd_scores(
     max_fit_members: int | None = None,
     summary: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Per member with a purchase before ``cutoff``: BG/NBD P(alive), expected purchases and
-    P(no purchase) in the next ``horizon_days``, Gamma-Gamma spend per purchase and their product,
-    the expected spend in the horizon. Both models are fitted on the history before ``cutoff``
-    only, so the scores are point-in-time. ``max_fit_members``: fit BG/NBD on a fixed random
-    sample of this many members (four parameters need no more) and score everyone. ``summary``:
+    """:class:`BuyTillYouDie` fitted on the history before ``cutoff`` only (so the scores are
+    point-in-time) and scored for every member with a purchase before it. ``summary``:
     :func:`rfm_summary` of the same orders and cutoff, when the caller has it already."""
     summary = rfm_summary(orders, cutoff) if summary is None else summary
-    x, t_x, T = summary["x"].to_numpy(), summary["t_x"].to_numpy(), summary["T"].to_numpy()
-    fit = np.arange(len(x))
-    if max_fit_members is not None and len(x) > max_fit_members:
-        fit = np.random.default_rng(0).choice(len(x), max_fit_members, replace=False)
-    bg = BetaGeo().fit(x[fit], t_x[fit], T[fit])
-    alive = bg.p_alive(x, t_x, T)
-    p = bg.params_
-    quiet_if_alive = ((p["alpha"] + T) / (p["alpha"] + T + horizon_days)) ** (p["r"] + x)
-    purchases = bg.expected_purchases(horizon_days, x, t_x, T)
-    m = summary["m"].to_numpy()
-    if ((x[fit] > 0) & (m[fit] > 0)).sum() >= MIN_REPEATERS:
-        spend = GammaGamma().fit(x[fit], m[fit]).expected_spend(x, m)
-    else:  # too few repeat buyers for the spend model: the mean value of a purchase day
-        spend = np.full(len(x), float(summary["spend"].sum() / max(x.sum() + len(x), 1)))
-    return pd.DataFrame(
-        {
-            "p_alive": alive,
-            "p_no_purchase": (1 - alive) + alive * quiet_if_alive,
-            "expected_purchases": purchases,
-            "expected_spend_per_purchase": spend,
-            "expected_spend": purchases * spend,
-        },
-        index=summary.index,
-    )
+    return BuyTillYouDie().fit(summary, max_fit_members).score(summary, horizon_days)

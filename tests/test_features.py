@@ -95,7 +95,7 @@ def test_the_services_recency_rule_is_the_on_demand_views():
 
 @pytest.mark.unit
 def test_btyd_snapshot_uses_only_the_past_and_marks_members_without_purchases():
-    from training.featurize import NO_PURCHASE_YET, _btyd
+    from training.featurize import NO_PURCHASE_YET, _btyd, fit_btyd
 
     rng = np.random.default_rng(3)
     start = pd.Timestamp("2024-01-01")
@@ -108,10 +108,11 @@ def test_btyd_snapshot_uses_only_the_past_and_marks_members_without_purchases():
     orders = pd.DataFrame(rows, columns=["member_id", "ts", "amount"])
     index = pd.Index([f"m{k}" for k in range(400)] + ["clockwork", "never"], name="member_id")
     t = start + pd.Timedelta(days=250)
-    at_t = _btyd(orders, index, t)
+    at_t = _btyd(orders, index, t, fit_btyd(orders, t))
     # orders after t (a burst from everyone) change nothing at t: the models are fitted on the past alone
     future = pd.DataFrame({"member_id": index[:-1], "ts": t + pd.Timedelta(days=1), "amount": 500.0})
-    pd.testing.assert_frame_equal(_btyd(pd.concat([orders, future]), index, t), at_t)
+    both = pd.concat([orders, future])
+    pd.testing.assert_frame_equal(_btyd(both, index, t, fit_btyd(both, t)), at_t)
     assert (at_t.loc["never"] == NO_PURCHASE_YET).all()
     # every 10 days through day 200, seen on day 250: a 10-day rhythm, now 5 gaps overdue
     assert at_t.loc["clockwork", "btyd_mean_gap_days"] == pytest.approx(10.0)
@@ -123,5 +124,42 @@ def test_btyd_snapshot_uses_only_the_past_and_marks_members_without_purchases():
     stopped = bought.index.str[1:].astype(int) % 4 == 0
     assert bought.loc[stopped, "btyd_p_alive"].mean() < bought.loc[~stopped, "btyd_p_alive"].mean() - 0.2
     # before the history can fit a model, every member gets the marker instead of a guess
-    early = _btyd(orders, index, start + pd.Timedelta(days=3))
+    early_t = start + pd.Timedelta(days=3)
+    assert fit_btyd(orders, early_t) is None
+    early = _btyd(orders, index, early_t, None)
     assert (early == NO_PURCHASE_YET).all().all()
+
+
+def test_feature_build_by_member_partition_equals_the_whole_one_locally_and_on_dask(
+    settings, pipeline, tmp_path, monkeypatch
+):
+    """Three member partitions, built one after another or on a 2-worker local Dask cluster,
+    give the snapshot tables of one pass over the whole history (row order aside); the local
+    build never holds more than one partition's history (what bounds its memory)."""
+    import shutil
+
+    from features.sources import SNAPSHOT_TABLES
+    from training.featurize import History, build_feature_tables
+
+    held = []
+    read = History.read.__func__
+    monkeypatch.setattr(History, "read", classmethod(lambda cls, files: held.append(r := read(cls, files)) or r))
+
+    part = settings.model_copy(update={"data_dir": tmp_path, "feature_partition_members": 1500, "dask_workers": 2})
+    shutil.copytree(settings.curated_dir, part.curated_dir)
+    shutil.copy(settings.dataset_dir / "meta.json", part.dataset_dir / "meta.json")
+    key = ["member_id", "event_timestamp"]
+
+    def table(s, name):
+        return pd.read_parquet(s.offline_dir / f"{name}.parquet").sort_values(key, ignore_index=True)
+
+    for engine in ("local", "dask"):
+        counts = build_feature_tables(part, progress=False, engine=engine)
+        for name in (*SNAPSHOT_TABLES, "member_consent", "member_realtime"):
+            whole, parted = table(settings, name), table(part, name)
+            assert counts[name] == len(whole), (engine, name)
+            pd.testing.assert_frame_equal(parted, whole, obj=f"{engine} {name}")
+        assert not list(part.dataset_dir.glob(".partitions-*"))  # the scratch files are gone
+    members = len(pd.read_parquet(settings.curated_dir / "members.parquet"))
+    assert len(held) == 3 and sum(len(h.members) for h in held) == members
+    assert max(len(h.members) for h in held) <= 1.2 * members / 3  # a hash split: about equal parts

@@ -9,24 +9,30 @@ the label timestamp.
 from __future__ import annotations
 
 import contextlib
+import math
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features.sources import SNAPSHOT_TABLES
 from features.store import OfflineTableWriter, write_offline_table
-from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
+from kernel.curated import dataset_cutoff, order_totals, read_meta
 from kernel.settings import Settings
-from models.btyd import MIN_REPEATERS, btyd_scores, rfm_summary
+from models.btyd import MIN_REPEATERS, BuyTillYouDie, rfm_summary
 from training.data.tiers import tier_from_spend, tier_names
+from training.partitions import partition_count, split_table
 
 WINDOWS = (30, 90, 365)
 HIGH_CONSUMPTION_ORDERS_90D = 2  # health quadrant: consumption activity threshold
 HIGH_INTERACTION_EVENTS_30D = 1  # health quadrant: opens + clicks in the last 30 days
 BTYD_HORIZON_DAYS = 90  # the horizon of the buy-till-you-die expectations (field names say 90d)
-BTYD_MAX_FIT_MEMBERS = 50_000  # BG/NBD has 4 parameters: a fixed sample fits them as well as everyone
+BTYD_MAX_FIT_MEMBERS = 20_000  # BG/NBD has 4 parameters: a fixed sample fits them as well as everyone
 NO_PURCHASE_YET = -1.0  # BTYD fields of a member without a purchase before the snapshot
 
 
@@ -68,18 +74,36 @@ def lifecycle_stage(tenure_days, recency_days, spend_90d, spend_prev_90d) -> np.
     return np.select([tenure < 90, decline, tenure < 365], ["new", "decline", "growth"], "mature")
 
 
+def _window(events: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+    """The rows with ``start <= ts < end`` (an open side when None). On rows in time order (as
+    :class:`History` keeps them) a slice found by binary search, no copy: a snapshot reads its
+    windows dozens of times over the whole history."""
+    ts = events["ts"]
+    if not ts.is_monotonic_increasing:
+        keep = np.ones(len(events), dtype=bool)
+        if start is not None:
+            keep &= (ts >= start).to_numpy()
+        if end is not None:
+            keep &= (ts < end).to_numpy()
+        return events[keep]
+    values = ts.to_numpy()
+    lo = 0 if start is None else int(np.searchsorted(values, np.datetime64(start), side="left"))
+    hi = len(values) if end is None else int(np.searchsorted(values, np.datetime64(end), side="left"))
+    return events.iloc[lo : max(lo, hi)]
+
+
 def _rfm(orders: pd.DataFrame, members: pd.DataFrame, t: pd.Timestamp) -> pd.DataFrame:
-    hist = orders[orders["ts"] < t]
+    hist = _window(orders, None, t)
     g = hist.groupby("member_id")
     out = pd.DataFrame(index=members.index)
     last = g["ts"].max().reindex(out.index)
     out["recency_days"] = ((t - last).dt.total_seconds() / 86400).fillna(9999.0)
     out["last_purchase_ts"] = (last.astype("int64") // 10**9).where(last.notna(), 0).astype("int64")
     for w in WINDOWS:
-        recent = hist[hist["ts"] >= t - pd.Timedelta(days=w)].groupby("member_id")["amount"]
+        recent = _window(hist, t - pd.Timedelta(days=w), None).groupby("member_id")["amount"]
         out[f"frequency_{w}d"] = recent.size().reindex(out.index).fillna(0).astype("int64")
         out[f"monetary_{w}d"] = recent.sum().reindex(out.index).fillna(0.0)
-    prev = hist[(hist["ts"] >= t - pd.Timedelta(days=180)) & (hist["ts"] < t - pd.Timedelta(days=90))]
+    prev = _window(hist, t - pd.Timedelta(days=180), t - pd.Timedelta(days=90))
     out["monetary_prev_90d"] = prev.groupby("member_id")["amount"].sum().reindex(out.index).fillna(0.0)
     out["aov_365d"] = (out["monetary_365d"] / out["frequency_365d"].replace(0, np.nan)).fillna(0.0)
     out["orders_total"] = g.size().reindex(out.index).fillna(0).astype("int64")
@@ -88,8 +112,8 @@ def _rfm(orders: pd.DataFrame, members: pd.DataFrame, t: pd.Timestamp) -> pd.Dat
 
 
 def _affinity(lines: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFrame:
-    hist = lines[(lines["ts"] < t) & (lines["ts"] >= t - pd.Timedelta(days=365))]
-    spend = hist.groupby(["member_id", "category_l1"])["amount"].sum()
+    hist = _window(lines, t - pd.Timedelta(days=365), t)
+    spend = hist.groupby(["member_id", "category_l1"], observed=True)["amount"].sum()
     out = pd.DataFrame(index=index)
     if spend.empty:
         for k in (1, 2, 3):
@@ -97,7 +121,10 @@ def _affinity(lines: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
         out["category_entropy"], out["categories_365d"] = 0.0, 0
         return out
     share = spend / spend.groupby(level=0).transform("sum")
-    ranked = share.sort_values(ascending=False).groupby(level=0).head(3).reset_index(name="share")
+    # ties broken by category name: the same top categories however the rows were ordered
+    ranked = share.reset_index(name="share").astype({"category_l1": str})
+    ranked = ranked.sort_values(["share", "category_l1"], ascending=[False, True])
+    ranked = ranked.groupby("member_id").head(3)
     ranked["k"] = ranked.groupby("member_id").cumcount() + 1
     wide = ranked.pivot(index="member_id", columns="k")
     for k in (1, 2, 3):
@@ -112,7 +139,7 @@ def _affinity(lines: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
 
 
 def _points(ledger: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFrame:
-    hist = ledger[ledger["ts"] < t]
+    hist = _window(ledger, None, t)
     g = hist.groupby("member_id")
     out = pd.DataFrame(index=index)
     # The ledger is chronological per member, so the last balance is the current one.
@@ -125,7 +152,7 @@ def _points(ledger: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFr
     used = -hist[hist["kind"].isin(["burn", "expire"])].groupby("member_id")["points"].sum()
     exp_soon = (due.reindex(index).fillna(0) - used.reindex(index).fillna(0)).clip(lower=0)
     out["points_expiring_30d"] = np.minimum(exp_soon, out["points_balance"]).astype("int64")
-    recent = hist[hist["ts"] >= t - pd.Timedelta(days=90)]
+    recent = _window(hist, t - pd.Timedelta(days=90), None)
     out["points_earned_90d"] = (
         recent[recent["points"] > 0].groupby("member_id")["points"].sum().reindex(index).fillna(0).astype("int64")
     )
@@ -143,8 +170,8 @@ def _points(ledger: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFr
 
 def _engagement(eng: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFrame:
     out = pd.DataFrame(index=index)
-    hist = eng[(eng["ts"] < t) & (eng["ts"] >= t - pd.Timedelta(days=90))]
-    counts = hist.groupby(["member_id", "event"]).size().unstack(fill_value=0)
+    hist = _window(eng, t - pd.Timedelta(days=90), t)
+    counts = hist.groupby(["member_id", "event"], observed=True).size().unstack(fill_value=0)
     for ev in ("send", "open", "click"):
         if ev not in counts:
             counts[ev] = 0
@@ -152,7 +179,8 @@ def _engagement(eng: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
     out["sends_90d"] = counts["send"].astype("int64")
     out["open_rate_90d"] = (counts["open"] / counts["send"].replace(0, np.nan)).fillna(0.0).clip(0, 1)
     out["click_rate_90d"] = (counts["click"] / counts["send"].replace(0, np.nan)).fillna(0.0).clip(0, 1)
-    last30 = hist[(hist["ts"] >= t - pd.Timedelta(days=30)) & hist["event"].isin(["open", "click"])]
+    last30 = _window(hist, t - pd.Timedelta(days=30), None)
+    last30 = last30[last30["event"].isin(["open", "click"])]
     out["interactions_30d"] = last30.groupby("member_id").size().reindex(index).fillna(0).astype("int64")
     opens = hist[hist["event"] == "open"]
     best = (
@@ -167,9 +195,20 @@ def _engagement(eng: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
     return out
 
 
-def _btyd(orders: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFrame:
-    """BG/NBD and Gamma-Gamma fitted on the orders before ``t`` alone (point-in-time, refitted at
-    every snapshot), scored for every member; ``NO_PURCHASE_YET`` for members without a purchase."""
+def fit_btyd(orders: pd.DataFrame, t: pd.Timestamp) -> BuyTillYouDie | None:
+    """BG/NBD and Gamma-Gamma fitted on the orders before ``t`` alone (point-in-time, refitted
+    at every snapshot); None too early in the programme's history to fit anything."""
+    hist = _window(orders, None, t)
+    repeaters = (hist.groupby("member_id")["ts"].nunique() > 1).sum() if len(hist) else 0
+    if repeaters < MIN_REPEATERS:
+        return None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the optimiser probes extremes
+        return BuyTillYouDie().fit(rfm_summary(hist, t), max_fit_members=BTYD_MAX_FIT_MEMBERS)
+
+
+def _btyd(orders: pd.DataFrame, index: pd.Index, t: pd.Timestamp, fitted: BuyTillYouDie | None) -> pd.DataFrame:
+    """``fitted`` (:func:`fit_btyd` at ``t``) scored for every member; ``NO_PURCHASE_YET`` for
+    members without a purchase, and for everyone when nothing could be fitted."""
     columns = {
         "btyd_p_alive": "p_alive",
         "btyd_p_no_purchase_90d": "p_no_purchase",
@@ -178,13 +217,12 @@ def _btyd(orders: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFram
         "btyd_expected_spend_90d": "expected_spend",
     }
     out = pd.DataFrame(NO_PURCHASE_YET, index=index, columns=[*columns, "btyd_mean_gap_days", "btyd_recency_over_gap"])
-    hist = orders[orders["ts"] < t]
-    repeaters = (hist.groupby("member_id")["ts"].nunique() > 1).sum() if len(hist) else 0
-    if repeaters < MIN_REPEATERS:  # too early in the programme's history to fit anything
+    hist = _window(orders, None, t)
+    if fitted is None or not len(hist):
         return out
     summary = rfm_summary(hist, t)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the optimiser probes extremes
-        scores = btyd_scores(hist, t, BTYD_HORIZON_DAYS, max_fit_members=BTYD_MAX_FIT_MEMBERS, summary=summary)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scores = fitted.score(summary, BTYD_HORIZON_DAYS)
     scored = scores.rename(columns={v: k for k, v in columns.items()}).reindex(index)
     # the member's own rhythm: mean days between purchase days, and the current gap in those units
     summary = summary.reindex(index)
@@ -194,38 +232,72 @@ def _btyd(orders: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataFram
     return scored.fillna(NO_PURCHASE_YET).astype(float)
 
 
+OFFLINE_TABLES = (*SNAPSHOT_TABLES, "member_consent", "member_realtime")
 TIER_SINCE = "tier_since_ts"  # member_profile: when the tier was reached (unix s), carried to the next snapshot
+
+
+HISTORY_TABLES = ("members", "transactions", "points_ledger", "engagement")  # split by member
 
 
 @dataclass
 class History:
-    """The curated tables snapshots are computed from."""
+    """The curated tables snapshots are computed from (a whole dataset's or one member partition's).
 
-    members: pd.DataFrame  # indexed by member_id
+    Members are numbered: ``member_id`` in every table is the member's position in ``ids``
+    (grouping by an integer is several times faster than by a string, at every snapshot), and
+    the repeated text columns are categorical; :func:`snapshot` answers with the real ids."""
+
+    members: pd.DataFrame  # indexed by member number
     orders: pd.DataFrame
     lines: pd.DataFrame
     ledger: pd.DataFrame
     engagement: pd.DataFrame
+    ids: pd.Index  # member number -> member_id
 
     @classmethod
     def load(cls, settings: Settings) -> History:
-        members = load_curated(settings, "members").set_index("member_id")
-        items = load_curated(settings, "items").set_index("item_id")
-        txn = load_curated(settings, "transactions")
-        lines = txn.assign(category_l1=txn["item_id"].map(items["category_l1"]).fillna("UNKNOWN"))
+        return cls.read(curated_files(settings))
+
+    @classmethod
+    def read(cls, files: dict[str, Path]) -> History:
+        """From parquet files by table (``HISTORY_TABLES`` and ``items``)."""
+        members = pd.read_parquet(files["members"])
+        ids = pd.Index(members.pop("member_id"), name="member_id")
+        members.index = pd.RangeIndex(len(ids), name="member_id")
+
+        def numbered(df: pd.DataFrame, **categorical: pd.Series) -> pd.DataFrame:
+            return df.assign(member_id=ids.get_indexer(df["member_id"]), **categorical)
+
+        items = pd.read_parquet(files["items"], columns=["item_id", "category_l1"]).set_index("item_id")
+        txn = numbered(pd.read_parquet(files["transactions"]))
+        category = txn["item_id"].map(items["category_l1"]).fillna("UNKNOWN").astype("category")
+        ledger, engagement = pd.read_parquet(files["points_ledger"]), pd.read_parquet(files["engagement"])
+        # in time order (stable: a member's ledger keeps its order within a second), for _window
         return cls(
             members,
-            order_totals(txn),
-            lines,
-            load_curated(settings, "points_ledger"),
-            load_curated(settings, "engagement"),
+            _by_time(order_totals(txn)),
+            _by_time(txn.assign(category_l1=category)),
+            _by_time(numbered(ledger, kind=ledger["kind"].astype("category"))),
+            _by_time(numbered(engagement, event=engagement["event"].astype("category"))),
+            ids,
         )
 
 
-def snapshot(history: History, t: pd.Timestamp, tier_prev: pd.Series, tier_since: pd.Series) -> dict[str, pd.DataFrame]:
+def _by_time(events: pd.DataFrame) -> pd.DataFrame:
+    return events.sort_values("ts", kind="stable", ignore_index=True)
+
+
+def curated_files(settings: Settings) -> dict[str, Path]:
+    return {table: settings.curated_dir / f"{table}.parquet" for table in (*HISTORY_TABLES, "items")}
+
+
+def snapshot(
+    history: History, t: pd.Timestamp, tier_prev: pd.Series, tier_since: pd.Series, btyd: BuyTillYouDie | None
+) -> dict[str, pd.DataFrame]:
     """Every snapshot table at ``t`` (from events strictly before it) for the members joined by then.
     ``tier_prev``/``tier_since``: each member's tier level at the previous snapshot and since when
-    (updated in place: the tier's start carries from one snapshot to the next)."""
+    (updated in place: the tier's start carries from one snapshot to the next). ``btyd``: the
+    programme's buy-till-you-die fit at ``t`` (:func:`fit_btyd`)."""
     members = history.members
     joined = members.index[members["join_date"] <= t]
     if not len(joined):
@@ -255,32 +327,122 @@ def snapshot(history: History, t: pd.Timestamp, tier_prev: pd.Series, tier_since
         "member_engagement": eng_f,
         "member_affinity": _affinity(history.lines, joined, t),
         "member_points": _points(history.ledger, joined, t),
-        "member_btyd": _btyd(history.orders, joined, t),
+        "member_btyd": _btyd(history.orders, joined, t, btyd),
     }
-    return {name: df.rename_axis("member_id").reset_index().assign(event_timestamp=t) for name, df in out.items()}
+    joined_ids = history.ids.take(joined)
+    return {name: df.set_axis(joined_ids).reset_index().assign(event_timestamp=t) for name, df in out.items()}
 
 
-def build_feature_tables(settings: Settings, progress: bool = True) -> dict[str, int]:
-    """Compute every snapshot table into ``settings.offline_dir``; returns row counts."""
+def build_partition(files: dict[str, Path], times: list[pd.Timestamp], fits: dict) -> dict[str, pd.DataFrame]:
+    """Every snapshot table of one member partition at every time in ``times`` (oldest first,
+    so a tier's start carries forward), with its consent and real-time seed rows. ``fits``:
+    the programme's :func:`fit_btyd` by time. Reads only this partition's files."""
+    history = History.read(files)
+    index = history.members.index
+    tier_prev = pd.Series(0, index=index)
+    tier_since = pd.Series(pd.NaT, index=index, dtype="datetime64[ns]")
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SNAPSHOT_TABLES}
+    for t in times:
+        for name, df in snapshot(history, t, tier_prev, tier_since, fits[t]).items():
+            parts[name].append(df)
+    out = {}
+    for name, dfs in parts.items():
+        if dfs:
+            df = pd.concat(dfs, ignore_index=True)
+            df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
+            out[name] = df
+    return out | _unversioned(history)
+
+
+def build_feature_tables(settings: Settings, progress: bool = True, engine: str = "local") -> dict[str, int]:
+    """Compute every snapshot table into ``settings.offline_dir``; returns row counts.
+
+    Member partition by member partition (about ``feature_partition_members`` each): memory
+    holds one partition's history and snapshots, whatever the programme's size. ``engine``:
+    ``local`` builds them one after another in this process, ``dask`` on the cluster's workers
+    (:func:`training.distributed.dask_client`; a remote cluster's workers must see
+    ``data_dir`` at the same path). Each partition goes to disk as it arrives."""
+    if engine not in ("local", "dask"):
+        raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     meta = read_meta(settings)
     end = pd.Timestamp(meta["end"])
-    history = History.load(settings)
-    members, txn = history.members, history.orders
-    start = min(txn["ts"].min(), members["join_date"].min()) if len(txn) else members["join_date"].min()
-    times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
+    files = curated_files(settings)
+    n = partition_count(pq.ParquetFile(files["members"]).metadata.num_rows, settings.feature_partition_members)
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.dataset_dir, prefix=".partitions-") as tmp:
+        if n == 1:
+            partitions = [files]
+        else:
+            split = {table: split_table(files[table], n, Path(tmp)) for table in HISTORY_TABLES}
+            partitions = [{t: split[t][k] for t in HISTORY_TABLES} | {"items": files["items"]} for k in range(n)]
+        start = min(_column_min(files["transactions"], "ts"), _column_min(files["members"], "join_date"))
+        times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
+        fits = _fit_btyd_sample(partitions, settings.feature_partition_members, times)
+        with contextlib.ExitStack() as stack:
+            writers = {name: stack.enter_context(OfflineTableWriter(settings, name)) for name in OFFLINE_TABLES}
+            bar = tqdm(total=n, desc="feature partitions", unit="partition", disable=None if progress else True)
+            for tables in _built(partitions, times, fits, settings, engine, Path(tmp)):
+                for name, df in tables.items():
+                    writers[name].write(df)
+                bar.update()
+            bar.close()
+    return {name: w.rows for name, w in writers.items()}
 
-    tier_prev = pd.Series(0, index=members.index)
-    tier_since = pd.Series(pd.NaT, index=members.index, dtype="datetime64[ns]")
-    # each snapshot goes to disk as it is made: memory holds one snapshot, not the history of them
-    with contextlib.ExitStack() as stack:
-        writers = {name: stack.enter_context(OfflineTableWriter(settings, name)) for name in SNAPSHOT_TABLES}
-        # disable=None: no bar when stdout is not a terminal (logs, CI)
-        for t in tqdm(times, desc="feature snapshots", unit="snapshot", disable=None if progress else True):
-            for name, df in snapshot(history, t, tier_prev, tier_since).items():
-                df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
-                writers[name].write(df)
-    counts = {name: w.rows for name, w in writers.items()}
-    return counts | _write_unversioned(settings, history)
+
+def _built(
+    partitions: list[dict], times: list, fits: dict, settings: Settings, engine: str, scratch: Path
+) -> Iterator[dict]:
+    """Each partition's tables as they are ready (in order locally, as finished on Dask, which
+    writes them to ``scratch``)."""
+    if engine == "local":
+        for files in partitions:
+            yield build_partition(files, times, fits)
+        return
+    from distributed import as_completed
+
+    from training.distributed import dask_client
+
+    with dask_client(settings) as client:
+        shared = client.scatter({"times": times, "fits": fits}, broadcast=True)
+        futures = [
+            client.submit(_build_partition_files, files, shared["times"], shared["fits"], scratch / f"built-{k:05d}")
+            for k, files in enumerate(partitions)
+        ]
+        for future in as_completed(futures):
+            # parquet files, not pickled frames: the client reads one partition's tables at a time
+            paths = future.result()
+            yield {name: pd.read_parquet(path) for name, path in paths.items()}
+            for path in paths.values():
+                path.unlink()
+
+
+def _build_partition_files(files: dict[str, Path], times: list, fits: dict, prefix: Path) -> dict[str, Path]:
+    """:func:`build_partition` on a worker, each table written to ``prefix-<table>.parquet``."""
+    paths = {}
+    for name, df in build_partition(files, times, fits).items():
+        paths[name] = prefix.with_name(f"{prefix.name}-{name}.parquet")
+        df.to_parquet(paths[name], index=False)
+    return paths
+
+
+def _fit_btyd_sample(partitions: list[dict], partition_members: int, times: list[pd.Timestamp]) -> dict:
+    """:func:`fit_btyd` at every time on the first partitions' orders, about
+    ``BTYD_MAX_FIT_MEMBERS`` members (a hash sample: four parameters need no more)."""
+    k = max(1, min(len(partitions), math.ceil(BTYD_MAX_FIT_MEMBERS / max(partition_members, 1))))
+    columns = ["member_id", "order_id", "ts", "amount"]
+    txn = pd.concat([pd.read_parquet(p["transactions"], columns=columns) for p in partitions[:k]], ignore_index=True)
+    orders = _by_time(order_totals(txn.assign(member_id=pd.factorize(txn["member_id"])[0])))  # numbered: faster
+    return {t: fit_btyd(orders, t) for t in times}
+
+
+def _column_min(path: Path, column: str) -> pd.Timestamp:
+    """A column's minimum from the parquet footer's statistics (a scan only where they are missing)."""
+    meta = pq.ParquetFile(path).metadata
+    idx = meta.schema.to_arrow_schema().get_field_index(column)
+    stats = [meta.row_group(g).column(idx).statistics for g in range(meta.num_row_groups)]
+    if stats and all(s is not None and s.has_min_max for s in stats):
+        return pd.Timestamp(min(s.min for s in stats))
+    return pd.Timestamp(pd.read_parquet(path, columns=[column])[column].min())
 
 
 def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
@@ -298,10 +460,12 @@ def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
     )
     last = earlier.sort_values("event_timestamp").drop_duplicates("member_id", keep="last").set_index("member_id")
     index = history.members.index
-    tier_prev = last["tier_level"].reindex(index).fillna(0).astype("int64")
-    tier_since = pd.to_datetime(last[TIER_SINCE].reindex(index), unit="s")
+    last = last.reindex(history.ids).set_axis(index)  # by member number, as the history is
+    tier_prev = last["tier_level"].fillna(0).astype("int64")
+    tier_since = pd.to_datetime(last[TIER_SINCE], unit="s")
     counts = {}
-    for name, df in snapshot(history, t.tz_localize(None) if t.tzinfo else t, tier_prev, tier_since).items():
+    naive = t.tz_localize(None) if t.tzinfo else t
+    for name, df in snapshot(history, naive, tier_prev, tier_since, fit_btyd(history.orders, naive)).items():
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
         old = pd.read_parquet(settings.offline_dir / f"{name}.parquet")
         old = old[old["event_timestamp"] != stamp]
@@ -310,24 +474,30 @@ def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
     return counts | _write_unversioned(settings, history)
 
 
-def _write_unversioned(settings: Settings, history: History) -> dict[str, int]:
-    """Consent (each member's current flags) and the batch source behind the push source."""
-    consent = history.members.reset_index()[
+def _unversioned(history: History) -> dict[str, pd.DataFrame]:
+    """Consent (each member's current flags) and the batch source behind the push source,
+    seeded with each member's last purchase."""
+    consent = history.members.set_axis(history.ids).reset_index()[
         ["member_id", "consent_personalisation", "consent_push", "consent_sms", "consent_email", "consent_updated_at"]
     ]
     consent = consent.rename(columns={"consent_updated_at": "event_timestamp"})
     consent["event_timestamp"] = pd.to_datetime(consent["event_timestamp"]).dt.tz_localize("UTC")
-    write_offline_table(settings, "member_consent", consent)
-    # seeded with each member's last purchase
     last = history.orders.groupby("member_id")["ts"].max()
     realtime = pd.DataFrame(
         {
-            "member_id": last.index,
+            "member_id": history.ids.take(last.index),
             "event_timestamp": pd.to_datetime(last.to_numpy()).tz_localize("UTC"),
             "rt_last_event_type": "purchase",
             "rt_last_event_ts": (last.astype("int64") // 10**9).to_numpy(),
             "rt_last_purchase_ts": (last.astype("int64") // 10**9).to_numpy(),
         }
     )
-    write_offline_table(settings, "member_realtime", realtime)
-    return {"member_consent": len(consent), "member_realtime": len(realtime)}
+    return {"member_consent": consent, "member_realtime": realtime}
+
+
+def _write_unversioned(settings: Settings, history: History) -> dict[str, int]:
+    counts = {}
+    for name, df in _unversioned(history).items():
+        write_offline_table(settings, name, df)
+        counts[name] = len(df)
+    return counts
