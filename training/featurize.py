@@ -294,7 +294,8 @@ def curated_files(settings: Settings) -> dict[str, Path]:
 def snapshot(
     history: History, t: pd.Timestamp, tier_prev: pd.Series, tier_since: pd.Series, btyd: BuyTillYouDie | None
 ) -> dict[str, pd.DataFrame]:
-    """Every snapshot table at ``t`` (from events strictly before it) for the members joined by then.
+    """Every snapshot table at ``t`` (naive, UTC; rows stamped in UTC) from events strictly before it,
+    for the members joined by then.
     ``tier_prev``/``tier_since``: each member's tier level at the previous snapshot and since when
     (updated in place: the tier's start carries from one snapshot to the next). ``btyd``: the
     programme's buy-till-you-die fit at ``t`` (:func:`fit_btyd`)."""
@@ -329,8 +330,8 @@ def snapshot(
         "member_points": _points(history.ledger, joined, t),
         "member_btyd": _btyd(history.orders, joined, t, btyd),
     }
-    joined_ids = history.ids.take(joined)
-    return {name: df.set_axis(joined_ids).reset_index().assign(event_timestamp=t) for name, df in out.items()}
+    joined_ids, stamp = history.ids.take(joined), pd.Timestamp(t).tz_localize("UTC")
+    return {name: df.set_axis(joined_ids).reset_index().assign(event_timestamp=stamp) for name, df in out.items()}
 
 
 def build_partition(files: dict[str, Path], times: list[pd.Timestamp], fits: dict) -> dict[str, pd.DataFrame]:
@@ -345,13 +346,7 @@ def build_partition(files: dict[str, Path], times: list[pd.Timestamp], fits: dic
     for t in times:
         for name, df in snapshot(history, t, tier_prev, tier_since, fits[t]).items():
             parts[name].append(df)
-    out = {}
-    for name, dfs in parts.items():
-        if dfs:
-            df = pd.concat(dfs, ignore_index=True)
-            df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
-            out[name] = df
-    return out | _unversioned(history)
+    return {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items() if dfs} | _unversioned(history)
 
 
 def build_feature_tables(settings: Settings, progress: bool = True, engine: str = "local") -> dict[str, int]:
@@ -466,7 +461,6 @@ def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
     counts = {}
     naive = t.tz_localize(None) if t.tzinfo else t
     for name, df in snapshot(history, naive, tier_prev, tier_since, fit_btyd(history.orders, naive)).items():
-        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"]).dt.tz_localize("UTC")
         old = pd.read_parquet(settings.offline_dir / f"{name}.parquet")
         old = old[old["event_timestamp"] != stamp]
         write_offline_table(settings, name, pd.concat([old, df], ignore_index=True))
