@@ -198,7 +198,8 @@ def main() -> None:
     }
     tenth = [r for r in results if r["members"] * 10 == largest["members"]]
     if tenth:
-        summary["train_time_growth_10x"] = f"{train / totals(tenth[0])[2]:.2f}"
+        if train and totals(tenth[0])[2]:  # only where both sizes trained
+            summary["train_time_growth_10x"] = f"{train / totals(tenth[0])[2]:.2f}"
         summary["wall_growth_10x"] = f"{wall / totals(tenth[0])[0]:.2f}"
         summary["rss_growth_10x"] = f"{rss / totals(tenth[0])[1]:.2f}"
     print("SUMMARY scale_bench " + " ".join(f"{k}={v}" for k, v in summary.items()))

@@ -199,7 +199,7 @@ def _import(settings: Settings) -> dict:
 
 
 def _validate(settings: Settings) -> dict:
-    from training.data.ingest import validate_dataset
+    from training.data.validation import validate_dataset
 
     report = validate_dataset(settings)
     quarantined = {

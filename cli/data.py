@@ -186,7 +186,7 @@ def data_batches(ctx: typer.Context) -> None:
 @data_app.command("validate")
 def data_validate(ctx: typer.Context) -> None:
     """Validate raw tables: curated rows continue, bad rows are quarantined with the reason."""
-    from training.data.ingest import print_report, validate_dataset
+    from training.data.validation import print_report, validate_dataset
 
     try:
         report = validate_dataset(settings_of(ctx))

@@ -27,7 +27,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import P
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.infra.registry.sql import SqlRegistryConfig
-from feast.repo_config import RegistryConfig
+from feast.repo_config import MaterializationConfig, RegistryConfig
 
 from features.on_demand import days_since_last_purchase_one
 from features.repo import feast_objects
@@ -38,6 +38,11 @@ from kernel.curated import text_for_null
 from kernel.settings import Profile, Settings
 
 OFFLINE_ROW_GROUP = 64_000  # rows per parquet row group of the snapshot tables
+# Materialisation writes only each member's latest row of the window (Feast's default reads
+# every snapshot in it and writes them all, the older ones only to be overwritten) and converts
+# it to the online store's protos in batches (Feast's default: the whole view at once, which
+# grows with the programme).
+MATERIALIZATION = MaterializationConfig(pull_latest_features=True, online_write_batch_size=50_000)
 
 
 def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
@@ -74,6 +79,7 @@ def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
         offline_store=offline,
         entity_key_serialization_version=3,
         repo_path=settings.feature_repo_dir,
+        materialization=MATERIALIZATION,
     )
 
 
@@ -171,6 +177,7 @@ def write_feature_store_yaml(settings: Settings) -> None:
         "online_store": cfg.online_store.model_dump(mode="json", exclude_none=True),
         "offline_store": cfg.offline_store.model_dump(mode="json", exclude_none=True),
         "entity_key_serialization_version": 3,
+        "materialization": cfg.materialization_config.model_dump(mode="json"),
         SPEC_KEY: RepoSpec.from_settings(settings).to_yaml_section(),
     }
     (settings.feature_repo_dir / "feature_store.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -108,6 +108,23 @@ def test_feature_definitions_come_from_an_explicit_spec(tmp_path):
     assert type(src).__name__ == "PostgreSQLSource" and src.get_table_query_string() == "shop_a_member_rfm"
 
 
+def test_materialisation_is_bounded_in_code_and_in_the_rendered_yaml(tmp_path):
+    """Feast reads each member's latest row and writes the online store in batches (its
+    default converts a whole view at once), whether the store comes from code or the CLI."""
+    from feast.repo_config import load_repo_config
+
+    from features.store import MATERIALIZATION, repo_config, write_feature_store_yaml
+    from kernel.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, feature_repo_dir=tmp_path / "repo")
+    settings.feature_repo_dir.mkdir()
+    assert MATERIALIZATION.pull_latest_features and 0 < MATERIALIZATION.online_write_batch_size <= 100_000
+    assert repo_config(settings).materialization_config == MATERIALIZATION
+    write_feature_store_yaml(settings)
+    rendered = load_repo_config(settings.feature_repo_dir, settings.feature_repo_dir / "feature_store.yaml")
+    assert rendered.materialization_config == MATERIALIZATION
+
+
 def test_feast_cli_definitions_read_the_rendered_yaml(tmp_path):
     from features.repo_spec import SPEC_KEY, RepoSpec
     from kernel.settings import Profile

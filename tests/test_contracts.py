@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from kernel.contracts import ContractError, validate
-from training.data.ingest import validate_dataset
+from training.data.validation import validate_dataset
 
 
 def _txn(**over):
@@ -129,14 +129,14 @@ def test_simulated_data_passes_its_contracts(pipeline):
 def test_validation_in_slices_accounts_for_every_row_and_holds_uniqueness_across_slices(
     settings, pipeline, tmp_path, monkeypatch
 ):
-    import training.data.ingest as ingest
+    import training.data.validation as validation
 
     edits = {
         "transactions": _set(quantity=(0, 0), member_id=(500, "ghost")),
         "members": lambda df: pd.concat([df, df.head(1)], ignore_index=True),  # the first member again, later
     }
     bad = _edited_copy(settings, tmp_path, "sliced", edits)
-    monkeypatch.setattr(ingest, "VALIDATE_CHUNK_ROWS", 97)
+    monkeypatch.setattr(validation, "VALIDATE_CHUNK_ROWS", 997)
     report = validate_dataset(bad)
     members = report["members"]
     assert members["raw"] == members["valid"] + 1 and members["quarantined_contract"] == 1

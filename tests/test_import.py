@@ -18,8 +18,9 @@ from cli.main import app
 from kernel.settings import Profile, Settings
 from tests.conftest import reachable
 from training.data.importer import coerce, import_tables, map_table
-from training.data.ingest import import_dataset, read_batches, validate_dataset
+from training.data.ingest import import_dataset, read_batches
 from training.data.mapping import Mapping, MappingError, TableMapping, load_mapping
+from training.data.validation import validate_dataset
 
 TXN = pd.DataFrame(
     {
@@ -178,7 +179,7 @@ def test_increments_are_idempotent_conflicts_are_quarantined_and_rows_keep_their
 
 @pytest.mark.unit
 def test_members_are_versioned_by_their_consent_time(tmp_path):
-    from training.data.ingest import deduplicate
+    from training.data.validation import deduplicate
 
     base = {"tier": "Gold", "consent_email": True}
     df = pd.DataFrame(

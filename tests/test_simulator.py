@@ -21,6 +21,22 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
     assert not _read(a, "raw/transactions").equals(_read(c, "raw/transactions"))
 
 
+@pytest.mark.unit
+def test_chunks_simulated_side_by_side_give_the_same_files(tmp_path, monkeypatch):
+    import training.data.simulator as simulator
+
+    monkeypatch.setattr(simulator, "CHUNK", 150)  # 3 chunks, each its own RNG stream
+    one, two = tmp_path / "one", tmp_path / "two"
+    counts = simulate(SimConfig(n_members=400, seed=3), one, progress=False, workers=1)
+    assert simulate(SimConfig(n_members=400, seed=3), two, progress=False, workers=2) == counts
+    files = sorted(p.relative_to(one) for p in one.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*.parquet")) and len(files) > 8
+    for path in files:
+        pd.testing.assert_frame_equal(pd.read_parquet(one / path), pd.read_parquet(two / path))
+    members = pd.read_parquet(one / "raw" / "members.parquet")["member_id"]
+    assert members.is_unique and len(members) == 400 and members.is_monotonic_increasing  # chunk order kept
+
+
 def test_true_churn_probability_matches_realised_labels(settings, pipeline):
     meta = pipeline["meta"]
     truth = _read(settings.ground_truth_dir, "churn")

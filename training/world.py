@@ -24,7 +24,8 @@ def simulated_world(
     its metadata and each job's result."""
     from features.store import apply, materialize
     from kernel.curated import dataset_end, read_meta
-    from training.data.ingest import simulate_dataset, validate_dataset
+    from training.data.ingest import simulate_dataset
+    from training.data.validation import validate_dataset
     from training.featurize import build_feature_tables
     from training.jobs import JOBS
 

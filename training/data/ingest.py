@@ -1,39 +1,26 @@
-"""Raw tables -> contracts -> curated tables, with every rejected row quarantined and counted."""
+"""Raw data in: a simulated programme, a public data set or a retailer's exports become the dataset's
+raw batches (validation into curated tables: :mod:`training.data.validation`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
-from kernel.contracts import NATURAL_KEYS, ContractError, validate
+from kernel.contracts import ContractError
 from kernel.curated import read_meta, write_meta
 from kernel.settings import Settings
 from training.data.adapters import ADAPTERS, AdapterOutput, SharedDataMissing
-from training.data.importer import complete_tables, import_tables, source_tables
+from training.data.importer import import_tables, source_tables
 from training.data.mapping import Mapping, MappingError, load_mapping
 from training.data.simulator import SimConfig, simulate
 
-# (table, column) -> (parent table, parent key): rows pointing at unknown parents are quarantined
-REFERENCES = {
-    ("transactions", "member_id"): ("members", "member_id"),
-    ("transactions", "item_id"): ("items", "item_id"),
-    ("exposures", "member_id"): ("members", "member_id"),
-    ("exposures", "offer_id"): ("offers", "offer_id"),
-    ("responses", "exposure_id"): ("exposures", "exposure_id"),
-    ("engagement", "member_id"): ("members", "member_id"),
-    ("points_ledger", "member_id"): ("members", "member_id"),
-}
 BATCH_COLUMN = "batch_id"
-# validate parents before children
-ORDER = ["members", "items", "offers", "transactions", "exposures", "responses", "engagement", "points_ledger"]
 
 
 def simulate_dataset(
@@ -44,7 +31,7 @@ def simulate_dataset(
     cfg = SimConfig(n_members=n_members, seed=settings.seed if seed is None else seed, **config)
     shutil.rmtree(settings.raw_dir, ignore_errors=True)  # no batches of an earlier import mix in
     write_batches(settings, [])
-    counts = simulate(cfg, settings.dataset_dir, progress=progress)
+    counts = simulate(cfg, settings.dataset_dir, progress=progress, workers=os.cpu_count() or 1)
     _clear(settings.quarantine_dir)
     write_meta(
         settings,
@@ -289,264 +276,17 @@ def write_batches(settings: Settings, batches: list[dict]) -> None:
     (settings.dataset_dir / "batches.json").write_text(json.dumps(batches, indent=2, default=str))
 
 
+def raw_files(settings: Settings, table: str) -> list[tuple[str, Path]]:
+    """(batch, parquet file) of every raw batch of ``table`` in import order: the one file the
+    simulator and the public adapters write ("initial"), then the imported batches."""
+    single = settings.raw_dir / f"{table}.parquet"
+    files = [("initial", single)] if single.exists() else []
+    return files + [(path.stem, path) for path in sorted((settings.raw_dir / table).glob("b*.parquet"))]
+
+
 def _raw_parts(settings: Settings, table: str) -> pd.DataFrame:
     """Every raw batch of ``table`` in import order, each row tagged with its batch."""
-    parts = []
-    single = settings.raw_dir / f"{table}.parquet"
-    if single.exists():  # simulator and public adapters: one batch, named after the source
-        parts.append(pd.read_parquet(single).assign(**{BATCH_COLUMN: "initial"}))
-    for path in sorted((settings.raw_dir / table).glob("b*.parquet")):
-        parts.append(pd.read_parquet(path).assign(**{BATCH_COLUMN: path.stem}))
+    parts = [pd.read_parquet(path).assign(**{BATCH_COLUMN: batch}) for batch, path in raw_files(settings, table)]
     if not parts:
         raise ContractError(f"{table}: raw data missing in {settings.raw_dir}: run `loyalty-ml data import` first")
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-
-
-def deduplicate(table: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]]]:
-    """Rows whose natural key an earlier batch holds. Same content: skipped. Other content:
-    quarantined with the reason, the first kept. Members are versioned by
-    ``consent_updated_at``: a newer version replaces the older (counted as ``updated``), two
-    versions of the same moment conflict. Returns (rows kept, conflicts, counts per batch)."""
-    counts: dict[str, dict[str, int]] = {}
-    if df.empty or df[BATCH_COLUMN].nunique() < 2:
-        return df, df.iloc[:0], counts
-    content = [c for c in df.columns if c != BATCH_COLUMN]
-    key = [c for c in (NATURAL_KEYS[table] or content) if c in df.columns]
-    order = df[BATCH_COLUMN].rank(method="dense").astype(int).to_numpy()
-    k = pd.util.hash_pandas_object(df[key].astype("string"), index=False).to_numpy()
-    h = pd.util.hash_pandas_object(df[content].astype("string"), index=False).to_numpy()
-    frame = pd.DataFrame({"k": k, "h": h, "order": order, "row": np.arange(len(df))})
-    if table == "members":  # the newest version wins; among equals, the first imported
-        frame["t"] = df["consent_updated_at"].to_numpy()
-        ranked = frame.sort_values(["k", "t", "order", "row"], ascending=[True, False, True, True])
-    else:
-        ranked = frame.sort_values(["k", "order", "row"])
-    winner = ranked.drop_duplicates("k").set_index("k")
-    w_order, w_hash = frame["k"].map(winner["order"]).to_numpy(), frame["k"].map(winner["h"]).to_numpy()
-    w_row = frame["k"].map(winner["row"]).to_numpy()
-    # rows of the winner's own batch stay (duplicates inside one batch are the contract's to judge)
-    same_batch = order == w_order
-    same = ~same_batch & (h == w_hash)
-    other = ~same_batch & ~same
-    updated = np.zeros(len(df), dtype=bool)
-    if table == "members":
-        t = frame["t"].to_numpy()
-        updated = other & (t < t[w_row])  # an older version, replaced by the winner
-    conflicts_mask = other & ~updated
-    kept = df.loc[~(same | other)]
-    conflicts = df.loc[conflicts_mask].astype("string")
-    what = "/".join(key) if NATURAL_KEYS[table] else "the same row"
-    conflicts["_reason"] = [
-        f"{what} already imported in batch {df[BATCH_COLUMN].iat[r]} with other content; that one is kept"
-        for r in w_row[conflicts_mask]
-    ]
-    for name, mask in (("duplicates_skipped", same), ("conflicts", conflicts_mask), ("updated", updated)):
-        for batch, n in df.loc[mask, BATCH_COLUMN].value_counts().items():
-            counts.setdefault(batch, {})[name] = int(n)
-    return kept, conflicts, counts
-
-
-# --------------------------------------------------------------------------- validation
-VALIDATE_CHUNK_ROWS = 1_000_000  # rows validated at once: validation memory stays bounded
-
-
-def _unique_columns(table: str) -> list[str]:
-    from kernel.contracts import CONTRACTS
-
-    return [name for name, col in CONTRACTS[table].to_schema().columns.items() if col.unique]
-
-
-def _key_hash(values: pd.Series) -> np.ndarray:
-    return pd.util.hash_pandas_object(values.astype("string"), index=False).to_numpy()
-
-
-def validate_in_chunks(table: str, raw: pd.DataFrame, chunk_rows: int = VALIDATE_CHUNK_ROWS):
-    """:func:`kernel.contracts.validate` over ``raw`` (tagged with its batch) in slices of
-    ``chunk_rows``, yielding (valid, quarantined) per slice with ``_source_row`` counted over
-    the whole table. A unique field the contract declares is held across slices too: a value an
-    earlier slice already kept is quarantined as not unique (the first one stays)."""
-    unique = _unique_columns(table)
-    seen: dict[str, list[np.ndarray]] = {c: [] for c in unique}
-    for first in range(0, max(len(raw), 1), chunk_rows):
-        part = raw.iloc[first : first + chunk_rows].reset_index(drop=True)
-        result = validate(table, part.drop(columns=BATCH_COLUMN))
-        src = np.asarray(result.source_index, dtype=np.int64)
-        valid = result.valid.assign(**{BATCH_COLUMN: part[BATCH_COLUMN].to_numpy()[src]})
-        quarantined = result.quarantined
-        quarantined = quarantined.assign(
-            _source_row=quarantined["_source_row"] + first,
-            **{BATCH_COLUMN: part[BATCH_COLUMN].to_numpy()[quarantined["_source_row"].to_numpy()]},
-        )
-        repeated = np.zeros(len(valid), dtype=bool)
-        why = np.full(len(valid), "", dtype=object)
-        for c in unique:
-            h = _key_hash(valid[c])
-            if seen[c]:
-                again = np.isin(h, np.concatenate(seen[c])) & ~repeated
-                why[again] = f"{c}: not unique (an earlier row holds the same value; that one is kept)"
-                repeated |= again
-            seen[c].append(h[~repeated])
-        if repeated.any():
-            dup = part.drop(columns=BATCH_COLUMN).iloc[src[repeated]].astype("string")
-            dup.insert(0, "_source_row", src[repeated] + first)
-            dup["_reason"] = pd.Series(why[repeated], index=dup.index, dtype="string")
-            dup[BATCH_COLUMN] = part[BATCH_COLUMN].to_numpy()[src[repeated]]
-            quarantined = pd.concat([quarantined, dup], ignore_index=True)
-            valid = valid.loc[~repeated]
-        yield valid.reset_index(drop=True), quarantined
-
-
-def validate_dataset(settings: Settings) -> dict:
-    """Validate every raw table (every batch, deduplicated by natural keys); write curated
-    tables (each row with its batch), quarantine files and a report. One table at a time, in
-    slices (:func:`validate_in_chunks`): memory holds one table's raw rows and the key columns
-    its children reference, never the whole dataset."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from kernel.curated import text_for_null
-
-    _clear(settings.curated_dir)
-    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    for stage in ("contract", "reference", "conflict"):  # adapter and import rejects stay: the load step wrote them
-        for old in settings.quarantine_dir.glob(f"*__{stage}.parquet"):
-            old.unlink()
-    meta = read_meta(settings) if (settings.dataset_dir / "meta.json").exists() else {}
-    imported = "mapping" in meta
-
-    def read_deduplicated(table: str) -> tuple[pd.DataFrame, tuple[int, int, dict]] | None:
-        if (
-            imported
-            and not (settings.raw_dir / table).exists()
-            and not (settings.raw_dir / f"{table}.parquet").exists()
-        ):
-            return None  # built from the transactions below
-        raw = _raw_parts(settings, table)
-        kept, conflicts, counts = deduplicate(table, raw)
-        _write_quarantine(settings, table, "conflict", conflicts)
-        return kept.reset_index(drop=True), (len(raw), len(conflicts), counts)
-
-    raw_tables: dict[str, pd.DataFrame] = {}
-    dedup: dict[str, tuple[int, int, dict]] = {}
-    notes: list[str] = []
-    if imported:  # the mapping completes tables from one another: all are read first
-        for table in ORDER:
-            if (read := read_deduplicated(table)) is not None:
-                raw_tables[table], dedup[table] = read
-        mapping = Mapping.model_validate(meta["mapping"])
-        completed, notes = complete_tables(raw_tables, mapping, keep=BATCH_COLUMN)
-        for table, df in completed.items():
-            batches = df[BATCH_COLUMN].fillna("derived") if BATCH_COLUMN in df else "derived"
-            raw_tables[table] = df.assign(**{BATCH_COLUMN: batches})
-    report: dict[str, dict] = {}
-    keys: dict[tuple[str, str], np.ndarray] = {}  # (parent, key) -> hashes of its curated keys
-    per_batch: dict[str, dict[str, dict[str, int]]] = {}
-    firsts: list[pd.Timestamp] = []
-    for table in ORDER:
-        if table in raw_tables:
-            raw = raw_tables.pop(table)
-        else:
-            raw, dedup[table] = read_deduplicated(table)
-        n_read, n_conflicts, counts = dedup.get(table, (len(raw), 0, {}))
-        n_valid = 0
-        quarantined_parts, orphan_parts = [], []
-        writer = None
-        path = settings.curated_dir / f"{table}.parquet"
-        try:
-            for valid, quarantined in validate_in_chunks(table, raw, VALIDATE_CHUNK_ROWS):
-                quarantined_parts.append(quarantined)
-                for (child, col), (parent, key) in REFERENCES.items():
-                    if child != table or (parent, key) not in keys:
-                        continue
-                    unknown = ~np.isin(_key_hash(valid[col]), keys[(parent, key)])
-                    if unknown.any():
-                        orphan_parts.append(valid.loc[unknown].assign(_reason=f"{col}: not in curated {parent}"))
-                        valid = valid.loc[~unknown]
-                valid = valid.reset_index(drop=True)
-                frame = pa.Table.from_pandas(valid, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(path, text_for_null(frame.schema))
-                writer.write_table(frame.cast(writer.schema))
-                n_valid += len(valid)
-                for parent, key in REFERENCES.values():  # what later tables are checked against
-                    if parent == table:
-                        keys.setdefault((parent, key), np.empty(0, np.uint64))
-                        keys[(parent, key)] = np.concatenate([keys[(parent, key)], _key_hash(valid[key])])
-                first_col = {"members": "join_date", "transactions": "ts"}.get(table)
-                if first_col and valid[first_col].notna().any():
-                    firsts.append(valid[first_col].min())
-                for batch, n in valid[BATCH_COLUMN].value_counts().items():
-                    entry = per_batch.setdefault(batch, {}).setdefault(table, {})
-                    entry["curated"] = entry.get("curated", 0) + int(n)
-        finally:
-            if writer is not None:
-                writer.close()
-        quarantined = pd.concat(quarantined_parts, ignore_index=True)
-        n_contract = len(quarantined)
-        _write_quarantine(settings, table, "contract", quarantined)
-        n_orphans = sum(len(o) for o in orphan_parts)
-        if orphan_parts:
-            _write_quarantine(settings, table, "reference", pd.concat(orphan_parts))
-        n_loader = _count_quarantine(settings, table, ("adapter", "import_"))
-        skipped = sum(c.get("duplicates_skipped", 0) for c in counts.values())
-        updated = sum(c.get("updated", 0) for c in counts.values())
-        report[table] = {
-            "raw": n_read,
-            "valid": n_valid,
-            "duplicates_skipped": skipped,
-            "updated": updated,
-            "quarantined_conflict": n_conflicts,
-            "quarantined_contract": n_contract,
-            "quarantined_reference": n_orphans,
-            "rejected_by_adapter": n_loader,
-            "reasons": _top_reasons(quarantined, orphan_parts),
-        }
-        # the no-silent-drop invariant: every row read is kept, skipped as a duplicate, replaced, or quarantined
-        derived = int((raw[BATCH_COLUMN] == "derived").sum())  # rows built from the transactions, none read
-        if n_read + derived != len(raw) + skipped + updated + n_conflicts and table in dedup:
-            raise ContractError(f"{table}: rows lost in deduplication")
-        if len(raw) != n_valid + n_contract + n_orphans:
-            raise ContractError(f"{table}: rows lost in validation")
-        for batch, c in counts.items():
-            per_batch.setdefault(batch, {})[table] = c | per_batch.get(batch, {}).get(table, {})
-        bad = pd.concat([quarantined[[BATCH_COLUMN]]] + [o[[BATCH_COLUMN]] for o in orphan_parts])
-        for batch, n in bad[BATCH_COLUMN].value_counts().items():
-            per_batch.setdefault(batch, {}).setdefault(table, {})["quarantined"] = int(n)
-        del raw, quarantined, quarantined_parts, orphan_parts
-    (settings.dataset_dir / "validation_report.json").write_text(json.dumps(report, indent=2))
-    if imported:
-        write_batches(settings, [b | {"validated": per_batch.get(b["batch_id"], {})} for b in read_batches(settings)])
-    if meta:  # the programme's first data: the service refuses event times before it
-        update = {"start": min(firsts)} if firsts else {}
-        if notes:
-            update["notes"] = list(dict.fromkeys([*meta.get("notes", []), *notes]))
-        write_meta(settings, read_meta(settings) | update)
-    return report
-
-
-def _count_quarantine(settings: Settings, table: str, stages: tuple[str, ...]) -> int:
-    n = 0
-    for path in settings.quarantine_dir.glob(f"{table}__*.parquet"):
-        if path.stem.split("__", 1)[1].startswith(stages):
-            n += len(pd.read_parquet(path, columns=["_reason"]))
-    return n
-
-
-def _top_reasons(quarantined: pd.DataFrame, orphans: list[pd.DataFrame], top: int = 5) -> dict[str, int]:
-    reasons = pd.concat([quarantined.get("_reason", pd.Series(dtype=str))] + [o["_reason"] for o in orphans])
-    return {str(k): int(v) for k, v in reasons.value_counts().head(top).items()}
-
-
-def print_report(report: dict, console: Console | None = None) -> None:
-    table = Table(title="data contracts")
-    for col in ("table", "raw", "valid", "quarantined", "adapter rejects"):
-        table.add_column(col, justify="right" if col != "table" else "left")
-    for name, r in report.items():
-        table.add_row(
-            name,
-            str(r["raw"]),
-            str(r["valid"]),
-            str(r["quarantined_contract"] + r["quarantined_reference"]),
-            str(r["rejected_by_adapter"]),
-        )
-    (console or Console()).print(table)

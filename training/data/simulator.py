@@ -22,7 +22,10 @@ from 1k to 1M members.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -790,8 +793,39 @@ def _truth_uplift(lat, cat_pref, offers, effect, offer_cat, order_value) -> pd.D
 
 
 # --------------------------------------------------------------------------- driver
-def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True) -> dict[str, int]:
-    """Simulate ``cfg.n_members`` members into ``out_dir``; returns row counts per table."""
+def _chunk_tables(cfg: SimConfig, cat: dict, chunk_no: int, first: int, n: int) -> dict[str, pa.Table]:
+    out = {}
+    for name, df in _simulate_chunk(cfg, cat, chunk_no, first, n).items():
+        if name == "ground_truth/preferences":
+            df = df.assign(item_id=cat["items"]["item_id"].to_numpy()[df.pop("item_index").to_numpy()])
+        out[name] = pa.Table.from_pandas(df, preserve_index=False)
+    return out
+
+
+def _chunks_in_order(cfg: SimConfig, cat: dict, workers: int) -> Iterator[dict[str, pa.Table]]:
+    """Every chunk's tables in chunk order, computed ``workers`` at a time: each chunk has its
+    own RNG stream, so the tables are the same whatever the number of workers. At most
+    ``workers + 1`` chunks are in flight, so memory stays a few chunks'."""
+    chunks = [(k, first, min(CHUNK, cfg.n_members - first)) for k, first in enumerate(range(0, cfg.n_members, CHUNK))]
+    if workers <= 1 or len(chunks) < 2:
+        for k, first, n in chunks:
+            yield _chunk_tables(cfg, cat, k, first, n)
+        return
+    # spawn: the caller may run threads (progress bars, Dask), which fork does not copy safely
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = []
+        for k, first, n in chunks:
+            pending.append(pool.submit(_chunk_tables, cfg, cat, k, first, n))
+            if len(pending) > workers:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True, workers: int = 1) -> dict[str, int]:
+    """Simulate ``cfg.n_members`` members into ``out_dir``; returns row counts per table.
+    ``workers``: processes simulating chunks side by side (spawned: a script that asks for
+    more than one needs the ``if __name__ == "__main__"`` guard)."""
     out_dir = Path(out_dir)
     for sub in ("raw", "ground_truth"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)  # with the parts an advance added
@@ -803,19 +837,16 @@ def simulate(cfg: SimConfig, out_dir: Path, progress: bool = True) -> dict[str, 
     truth_offer.to_parquet(out_dir / "ground_truth" / "offer_effects.parquet", index=False)
     writers: dict[str, pq.ParquetWriter] = {}
     counts: dict[str, int] = {"raw/items": len(cat["items"]), "raw/offers": len(cat["offers"])}
-    chunks = range(0, cfg.n_members, CHUNK)
+    n_chunks = -(-cfg.n_members // CHUNK)
     try:
         bars = None if progress else True  # None: no bar when stdout is not a terminal
-        for chunk_no, first in enumerate(tqdm(chunks, desc="simulate", unit="chunk", disable=bars)):
-            n = min(CHUNK, cfg.n_members - first)
-            for name, df in _simulate_chunk(cfg, cat, chunk_no, first, n).items():
-                if name == "ground_truth/preferences":
-                    df = df.assign(item_id=cat["items"]["item_id"].to_numpy()[df.pop("item_index").to_numpy()])
-                table = pa.Table.from_pandas(df, preserve_index=False)
+        parts = _chunks_in_order(cfg, cat, workers)
+        for tables in tqdm(parts, total=n_chunks, desc="simulate", unit="chunk", disable=bars):
+            for name, table in tables.items():
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(out_dir / f"{name}.parquet", table.schema)
                 writers[name].write_table(table.cast(writers[name].schema))
-                counts[name] = counts.get(name, 0) + len(df)
+                counts[name] = counts.get(name, 0) + table.num_rows
     finally:
         for w in writers.values():
             w.close()

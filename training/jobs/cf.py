@@ -172,11 +172,15 @@ def run(
         return sorted(rng.choice(both, size=min(MAX_EVAL_MEMBERS, len(both)), replace=False).tolist())
 
     segments = _segments(ctx, fit_test["member_id"].unique())
-    owned_val = fit_val.groupby("member_id")["item_id"].agg(set).to_dict()
-    owned_test = fit_test.groupby("member_id")["item_id"].agg(set).to_dict()
-    future_val = val.groupby("member_id")["item_id"].agg(set)
-    future_test = test.groupby("member_id")["item_id"].agg(set)
     val_members, test_members = eval_members(fit_val, val), eval_members(fit_test, test)
+
+    def item_sets(lines: pd.DataFrame, members: list) -> pd.Series:
+        """member -> items bought, for the evaluated members only (a set per member of the
+        whole programme would cost a gigabyte at a million members)."""
+        return lines[lines["member_id"].isin(members)].groupby("member_id")["item_id"].agg(set)
+
+    owned_val, future_val = item_sets(fit_val, val_members).to_dict(), item_sets(val, val_members)
+    owned_test, future_test = item_sets(fit_test, test_members).to_dict(), item_sets(test, test_members)
     if not val_members or not test_members:
         window = "validation" if not val_members else "test"
         raise JobNotApplicable(
@@ -272,7 +276,8 @@ def run(
         }
         best["popularity"] = (pop_val_score, {}, popularity)
         if ctx.simulated:
-            oracle = OracleRanking(ctx.truth("preferences"), owned_test)
+            truth = ctx.truth("preferences")
+            oracle = OracleRanking(truth[truth["member_id"].isin(test_members)], owned_test)
             rows["oracle"] = evaluate(oracle, test_members, owned_test, future_test, len(items))
         candidates = [a for a in (*algorithms, "two_stage", "popularity") if a in best]
         chosen = max(candidates, key=lambda a: best[a][0])  # on validation, never on test
