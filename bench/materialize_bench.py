@@ -45,7 +45,6 @@ def materialize_once(data_dir: Path, config_name: str, sample: int, out: Path) -
         store.MATERIALIZATION = MaterializationConfig()  # what repo_config hands Feast
     settings.online_store_path.unlink(missing_ok=True)
     store.apply(settings)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     store.materialize(settings, dataset_end(settings))
     seconds = time.perf_counter() - start
@@ -56,7 +55,7 @@ def materialize_once(data_dir: Path, config_name: str, sample: int, out: Path) -
     rows = [{"member_id": m} for m in ids]
     online = feast.get_online_features(features=store.serving_feature_refs(feast), entity_rows=rows).to_df()
     online.sort_values("member_id").sort_index(axis=1).reset_index(drop=True).to_pickle(out)
-    return {"seconds": seconds, "peak_bytes": peak, "peak_before_bytes": rss_before, "members": len(members)}
+    return {"seconds": seconds, "peak_bytes": peak, "members": len(members)}
 
 
 def main() -> None:

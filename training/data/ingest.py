@@ -284,9 +284,13 @@ def raw_files(settings: Settings, table: str) -> list[tuple[str, Path]]:
     return files + [(path.stem, path) for path in sorted((settings.raw_dir / table).glob("b*.parquet"))]
 
 
+def raw_missing(settings: Settings, table: str) -> ContractError:
+    return ContractError(f"{table}: raw data missing in {settings.raw_dir}: run `loyalty-ml data import` first")
+
+
 def _raw_parts(settings: Settings, table: str) -> pd.DataFrame:
     """Every raw batch of ``table`` in import order, each row tagged with its batch."""
     parts = [pd.read_parquet(path).assign(**{BATCH_COLUMN: batch}) for batch, path in raw_files(settings, table)]
     if not parts:
-        raise ContractError(f"{table}: raw data missing in {settings.raw_dir}: run `loyalty-ml data import` first")
+        raise raw_missing(settings, table)
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

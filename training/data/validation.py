@@ -21,7 +21,7 @@ from kernel.contracts import CONTRACTS, NATURAL_KEYS, ContractError, validate
 from kernel.curated import read_meta, text_for_null, write_meta
 from kernel.settings import Settings
 from training.data.importer import complete_tables
-from training.data.ingest import BATCH_COLUMN, raw_files, read_batches, write_batches
+from training.data.ingest import BATCH_COLUMN, raw_files, raw_missing, read_batches, write_batches
 from training.data.mapping import Mapping
 
 # (table, column) -> (parent table, parent key): rows pointing at unknown parents are quarantined
@@ -107,8 +107,9 @@ class HashSet:
         self._sorted = np.sort(np.concatenate([self._sorted, np.sort(hashes)]), kind="stable")
 
 
-def key_hash(values: pd.Series) -> np.ndarray:
-    """Hashes of values as text: the same key hashes alike whatever dtype a batch gave it."""
+def key_hash(values: pd.Series | pd.DataFrame) -> np.ndarray:
+    """Hashes of values (of rows, for a frame) as text: the same key hashes alike whatever
+    dtype a batch gave it."""
     return pd.util.hash_pandas_object(values.astype("string"), index=False).to_numpy()
 
 
@@ -121,9 +122,8 @@ def _row_hashes(table: str, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     by its content."""
     content = [c for c in df.columns if c != BATCH_COLUMN]
     key = [c for c in (NATURAL_KEYS[table] or content) if c in df.columns]
-    k = pd.util.hash_pandas_object(df[key].astype("string"), index=False).to_numpy()
-    h = k if key == content else pd.util.hash_pandas_object(df[content].astype("string"), index=False).to_numpy()
-    return k, h
+    k = key_hash(df[key])
+    return k, k if key == content else key_hash(df[content])
 
 
 def _version_time(df: pd.DataFrame) -> np.ndarray:
@@ -182,23 +182,6 @@ def _count_by_batch(counts: dict, status: np.ndarray, batches: np.ndarray) -> No
             counts.setdefault(str(batch), {})[name] = counts.get(str(batch), {}).get(name, 0) + int(n)
 
 
-def deduplicate(table: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]]]:
-    """:func:`decide_duplicates` over a table in memory. Returns (rows kept, conflicts
-    quarantined with their reason, counts per batch)."""
-    counts: dict[str, dict[str, int]] = {}
-    if df.empty or df[BATCH_COLUMN].nunique() < 2:
-        return df, df.iloc[:0], counts
-    batch_names = list(dict.fromkeys(df[BATCH_COLUMN].astype(str)))
-    order = df[BATCH_COLUMN].astype(str).map({b: i for i, b in enumerate(batch_names)}).to_numpy()
-    k, h = _row_hashes(table, df)
-    t = _version_time(df) if table == "members" else None
-    status, w_order = decide_duplicates(k, h, order, t)
-    _count_by_batch(counts, status, df[BATCH_COLUMN].astype(str).to_numpy())
-    conflict = status == CONFLICT
-    conflicts = _conflict_rows(df.loc[conflict], table, np.asarray(batch_names)[w_order[conflict]])
-    return df.loc[status == KEEP], conflicts, counts
-
-
 @dataclass
 class Deduplicated:
     """A table's rows after deduplication, streamed: ``kept_slices`` yields the kept rows
@@ -249,6 +232,15 @@ class Deduplicated:
                 on_conflict(_conflict_rows(df.loc[conflict], table, winners))
             first += len(df)
             yield df.loc[status == KEEP].reset_index(drop=True)
+
+
+def deduplicate(table: str, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]]]:
+    """:class:`Deduplicated` over a table in memory. Returns (rows kept, conflicts
+    quarantined with their reason, counts per batch)."""
+    plan = Deduplicated.plan(table, RawRows(frame=df), max(len(df), 1))
+    conflicts: list[pd.DataFrame] = []
+    kept = pd.concat(list(plan.kept_slices(table, max(len(df), 1), conflicts.append)), ignore_index=True)
+    return kept, pd.concat(conflicts) if conflicts else df.iloc[:0], plan.counts
 
 
 # --------------------------------------------------------------------------- validation
@@ -313,10 +305,8 @@ class QuarantineFile:
             self._columns = list(out.columns)
             schema = pa.schema([(c, pa.string()) for c in self._columns])
             self._writer = pq.ParquetWriter(self.path, schema)
-        elif set(out.columns) - set(self._columns):  # every part of a stage has the same columns
-            raise RuntimeError(
-                f"{self.path.name}: columns {sorted(set(out.columns) - set(self._columns))} would be lost"
-            )
+        elif lost := sorted(set(out.columns) - set(self._columns)):  # every part of a stage has the same columns
+            raise RuntimeError(f"{self.path.name}: columns {lost} would be lost")
         self._writer.write_table(
             pa.Table.from_pandas(out.reindex(columns=self._columns), self._writer.schema, preserve_index=False)
         )
@@ -336,14 +326,10 @@ def _raw_rows(settings: Settings, table: str) -> RawRows | None:
     return RawRows(files=files) if files else None
 
 
-def _missing(settings: Settings, table: str) -> ContractError:
-    return ContractError(f"{table}: raw data missing in {settings.raw_dir}: run `loyalty-ml data import` first")
-
-
 def _completed_import(settings: Settings, meta: dict, conflict_files: dict) -> tuple[dict, dict, list[str]]:
     """A mapped import's tables in memory, deduplicated and completed from one another (the
     mapping derives members and items from the transactions where the export has none)."""
-    tables, plans = {}, {}
+    tables, read_counts = {}, {}
     for table in ORDER:
         raw = _raw_rows(settings, table)
         if raw is None:
@@ -352,12 +338,12 @@ def _completed_import(settings: Settings, meta: dict, conflict_files: dict) -> t
         kept, conflicts, counts = deduplicate(table, df)
         conflict_files[table].write(conflicts)
         tables[table] = kept.reset_index(drop=True)
-        plans[table] = (len(df), counts)
+        read_counts[table] = (len(df), counts)
     completed, notes = complete_tables(tables, Mapping.model_validate(meta["mapping"]), keep=BATCH_COLUMN)
     for table, df in completed.items():
         batches = df[BATCH_COLUMN].fillna("derived") if BATCH_COLUMN in df else "derived"
         tables[table] = df.assign(**{BATCH_COLUMN: batches})
-    return tables, plans, notes
+    return tables, read_counts, notes
 
 
 def validate_dataset(settings: Settings) -> dict:
@@ -391,7 +377,7 @@ def validate_dataset(settings: Settings) -> dict:
             elif (raw := _raw_rows(settings, table)) is not None:
                 rows = Deduplicated.plan(table, raw, VALIDATE_CHUNK_ROWS)
             else:
-                raise _missing(settings, table)
+                raise raw_missing(settings, table)
             report[table] = _validate_table(settings, table, rows, conflict_files[table], keys, per_batch, firsts)
     finally:
         for f in conflict_files.values():
