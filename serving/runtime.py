@@ -204,7 +204,10 @@ class DecisionRuntime:
         except FutureTimeout:
             log.warning("online feature read timed out after %.0f ms", self.settings.feature_timeout_ms)
         except Exception as err:  # any store failure degrades, never 500
-            log.warning("online feature read failed: %s", type(err).__name__)
+            message = str(err)  # which store or view failed; member ids stay out of logs
+            for member_id in member_ids:
+                message = message.replace(member_id, "<member>")
+            log.warning("online feature read failed: %s: %.300s", type(err).__name__, message)
         return None, True
 
     def _row(self, feats: dict[str, dict] | None, member_id: str, opted_out: bool) -> dict | None:

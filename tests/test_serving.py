@@ -610,3 +610,23 @@ def test_a_promotion_is_served_without_restart_under_load(settings, trained, mem
         assert "swapped in without restart" in svc.tail(10_000_000)
     finally:
         svc.stop()
+
+
+@pytest.mark.unit
+def test_a_failed_feature_read_is_logged_with_its_cause_and_without_member_ids(caplog):
+    """The log names what failed (e.g. a view Feast refuses to serve) so operators can act,
+    with the requested member ids replaced: logs carry no raw ids."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from serving.runtime import DecisionRuntime
+
+    def broken_read(member_ids, ts):
+        raise ValueError(f"Feature view 'member_rfm' is in state 'MATERIALIZING' (entity {member_ids[0]})")
+
+    with ThreadPoolExecutor(1) as pool:
+        stub = SimpleNamespace(pool=pool, _read=broken_read, settings=SimpleNamespace(feature_timeout_ms=2000.0))
+        with caplog.at_level("WARNING", logger="loyalty.serving"):
+            assert DecisionRuntime.read_features(stub, ["M0004242"], 0) == (None, True)
+    assert "ValueError: Feature view 'member_rfm' is in state 'MATERIALIZING' (entity <member>)" in caplog.text
+    assert "M0004242" not in caplog.text
