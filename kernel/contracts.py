@@ -176,6 +176,25 @@ class ValidationResult:
         return {"valid": len(self.valid), "quarantined": len(self.quarantined)}
 
 
+def _times_row_by_row(df: pd.DataFrame, contract, columns: set[str]) -> dict[str, pd.Series]:
+    """Text timestamp ``columns`` that failed as a whole, parsed value by value: an export may mix
+    "2024-05-01 10:00" and "2024-05-01T10:00:00" in one column, and the contract's coercion infers
+    one format from the first value and fails the whole column on the others. Values that still do
+    not parse stay as they came, so the next pass quarantines their rows with the text itself.
+    Only after a failure: a column in one format keeps the contract's fast path."""
+    out = {}
+    schema = contract.to_schema().columns
+    for name in sorted(columns):
+        if name not in schema or "datetime" not in str(schema[name].dtype) or df[name].dtype != object:
+            continue
+        try:
+            parsed = pd.to_datetime(df[name], errors="coerce", format="mixed")
+        except (ValueError, TypeError):  # e.g. offsets mixed with naive times: the contract's error stands
+            continue
+        out[name] = df[name].where(parsed.isna(), parsed.astype(object))
+    return out
+
+
 def validate(table: str, df: pd.DataFrame, max_passes: int = 5) -> ValidationResult:
     """Validate ``df`` against the contract for ``table``.
 
@@ -192,6 +211,7 @@ def validate(table: str, df: pd.DataFrame, max_passes: int = 5) -> ValidationRes
 
     work = df.reset_index(drop=True)
     original = work
+    reparsed: set[str] = set()
     reasons: dict[int, list[str]] = {}
     for _ in range(max_passes):
         try:
@@ -201,6 +221,11 @@ def validate(table: str, df: pd.DataFrame, max_passes: int = 5) -> ValidationRes
             cases = err.failure_cases
             row_cases = cases[cases["index"].notna()]
             if row_cases.empty:
+                retry = _times_row_by_row(work, contract, set(cases["column"].dropna()) - reparsed)
+                if retry:
+                    reparsed |= retry.keys()
+                    work = work.assign(**retry)
+                    continue
                 detail = "; ".join(f"{r.column}: {r.check}" for r in cases.itertuples())
                 raise ContractError(f"{table}: {detail}") from err
             for case in row_cases.itertuples():
@@ -210,7 +235,7 @@ def validate(table: str, df: pd.DataFrame, max_passes: int = 5) -> ValidationRes
             # Column-level failures without a row index (e.g. a comparison that raised
             # on an uncoercible value) are re-checked on the remaining rows.
             work = work.drop(index=[i for i in reasons if i in work.index])
-    else:  # pragma: no cover - defensive; each pass removes at least one row
+    else:  # pragma: no cover - defensive; each pass removes a row or re-parses a column once
         raise ContractError(f"{table}: validation did not converge")
 
     bad_index = sorted(reasons)

@@ -38,6 +38,19 @@ def test_bad_rows_are_quarantined_with_reason_and_counted():
 
 
 @pytest.mark.unit
+def test_timestamps_in_mixed_formats_parse_row_by_row_and_bad_ones_are_quarantined_as_they_came():
+    """A property test found it: two formats in one column failed the whole table."""
+    mixed = pd.DataFrame([_txn(), _txn(item_id="i2", ts="2023-12-31T23:59:59")])
+    result = validate("transactions", mixed)
+    assert result.counts == {"valid": 2, "quarantined": 0}
+    assert result.valid["ts"].tolist() == [pd.Timestamp("2024-05-01 10:00"), pd.Timestamp("2023-12-31 23:59:59")]
+    with_bad = pd.concat([mixed, pd.DataFrame([_txn(item_id="i3", ts="31/12/2024 xx")])], ignore_index=True)
+    result = validate("transactions", with_bad)
+    assert result.counts == {"valid": 2, "quarantined": 1}
+    assert result.quarantined.loc[0, "ts"] == "31/12/2024 xx" and "ts:" in result.quarantined.loc[0, "_reason"]
+
+
+@pytest.mark.unit
 def test_missing_column_is_a_clear_error_naming_the_field():
     with pytest.raises(ContractError, match="amount"):
         validate("transactions", pd.DataFrame([_txn()]).drop(columns="amount"))
