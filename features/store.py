@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,12 +22,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 import yaml
-from feast import FeatureStore, RepoConfig
+from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import MaterializationConfig, RegistryConfig
+from feast.utils import make_tzaware
+from tqdm import tqdm
 
 from features.on_demand import days_since_last_purchase_one
 from features.repo import feast_objects
@@ -203,12 +205,11 @@ def apply(settings: Settings) -> FeatureStore:
 def materialize(settings: Settings, end: datetime) -> None:
     """Load the latest values as of ``end`` into the online store."""
     store = get_store(settings)
-    end_dt = pd.Timestamp(end).to_pydatetime()
     recent = pd.Timestamp(end) - pd.Timedelta(days=2 * settings.snapshot_every_days)
-    snapshot_views = [fv.name for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
+    snapshot_views = [fv for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
     with _quiet_feast():
-        store.materialize(start_date=recent.to_pydatetime(), end_date=end_dt, feature_views=snapshot_views)
-        store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=list(NO_TTL_VIEWS))
+        _load(store, snapshot_views, lambda fv: recent, end)
+        _load(store, _no_ttl_views(store), lambda fv: datetime(1970, 1, 2), end)
 
 
 def materialize_incremental(settings: Settings, end: datetime) -> None:
@@ -217,11 +218,39 @@ def materialize_incremental(settings: Settings, end: datetime) -> None:
     real-time seed hold one row per member whose time can lie before the last load (a consent
     change exported a day late), so they are loaded whole, as they are small."""
     store = get_store(settings)
-    end_dt = pd.Timestamp(end).to_pydatetime()
-    snapshot_views = [fv.name for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
+    snapshot_views = [fv for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
     with _quiet_feast():
-        store.materialize_incremental(end_date=end_dt, feature_views=snapshot_views)
-        store.materialize(start_date=datetime(1970, 1, 2), end_date=end_dt, feature_views=list(NO_TTL_VIEWS))
+        _load(store, snapshot_views, lambda fv: fv.most_recent_end_time or pd.Timestamp(end) - fv.ttl, end)
+        _load(store, _no_ttl_views(store), lambda fv: datetime(1970, 1, 2), end)
+
+
+def _no_ttl_views(store: FeatureStore) -> list[FeatureView]:
+    return [store.get_feature_view(name) for name in NO_TTL_VIEWS]
+
+
+def _load(
+    store: FeatureStore, views: list[FeatureView], start: Callable[[FeatureView], datetime], end: datetime
+) -> None:
+    """Feast's materialisation loop, view by view: the provider writes the window's rows to the
+    online store, then the registry records the interval. Not ``FeatureStore.materialize``:
+    Feast 0.66 first marks each view MATERIALIZING in the registry, and every reader that
+    refreshes its registry meanwhile refuses the view ("cannot serve features"), so a running
+    service would answer degraded for as long as the daily load runs. Here a view that serves
+    keeps serving: each member's row is replaced in one write, old values until then."""
+    provider = store._get_provider()  # what FeatureStore.materialize itself calls
+    end_tz = make_tzaware(pd.Timestamp(end).to_pydatetime())
+    for fv in views:
+        start_tz = make_tzaware(pd.Timestamp(start(fv)).to_pydatetime())
+        provider.materialize_single_feature_view(
+            config=store.config,
+            feature_view=fv,
+            start_date=start_tz,
+            end_date=end_tz,
+            registry=store.registry,
+            project=store.project,
+            tqdm_builder=lambda total: tqdm(total=total, disable=True),
+        )
+        store.registry.apply_materialization(fv, store.project, start_tz, end_tz)
 
 
 def online_features(

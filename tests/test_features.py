@@ -74,6 +74,32 @@ def test_push_source_updates_real_time_features(settings, pipeline):
     assert row["days_since_last_purchase"] == pytest.approx(1800 / 86400)
 
 
+def test_the_online_store_keeps_serving_while_the_daily_load_runs(settings, pipeline, monkeypatch):
+    """Feast 0.66's own materialise marks each view MATERIALIZING in the registry while it loads,
+    and a reader that refreshes its registry then refuses the view: a live service answered
+    degraded for as long as ``daily`` ran. Here a second store (the service's) reads from inside
+    every view's load, after each of the registry's writes so far, and must get its features."""
+    from feast.infra.passthrough_provider import PassthroughProvider
+
+    from features.store import get_store, materialize_incremental, serving_rows
+
+    reader = get_store(settings, serving=True)
+    members = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")["member_id"].unique()[:5].tolist()
+    request_ts = int(pipeline["end"].timestamp())
+    assert all(r["monetary_365d"] is not None for r in serving_rows(reader, members, request_ts))
+    load = PassthroughProvider.materialize_single_feature_view
+    read_during = []
+
+    def load_and_read(self, *args, **kwargs):
+        reader.refresh_registry()  # what the service's registry cache does when the file changes
+        read_during.append([r["monetary_365d"] for r in serving_rows(reader, members, request_ts)])
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(PassthroughProvider, "materialize_single_feature_view", load_and_read)
+    materialize_incremental(settings, pipeline["end"])
+    assert len(read_during) >= 3 and all(None not in values for values in read_during)
+
+
 @pytest.mark.unit
 def test_segment_rules():
     assert list(health_quadrant([3, 3, 0, 0], [2, 0, 2, 0])) == ["active", "low-active", "churn-risk", "silent"]
