@@ -31,7 +31,13 @@ CLASSIFIER = {
 REGRESSOR = CLASSIFIER | {"objective": "regression"}
 LEARNERS = ("t", "x", "dr", "r")  # T-, X-, doubly robust and R-learner ("auto" in the job picks one)
 CROSS_FIT_FOLDS = 2  # nuisance models of the DR-/R-learners are fitted on the other fold
+MIN_VALUE_ROWS = 30  # converted responses with revenue needed to learn what a conversion is worth
 OFFER_COLUMNS = ["offer_id", "kind", "category_l1", "cost", "margin_impact"]
+# A control member never saw the offer: what it is (id, kind, cost, margin) cannot move their
+# conversion; only what the conversion measures (its category, and the member's affinity to it)
+# can. The control arm's response model is blind to these columns, which removes the variance
+# that few control rows would otherwise put into each offer's effect.
+OFFER_ONLY_COLUMNS = {"offer_id", "offer_kind", "cost", "margin_impact"}
 
 
 def pair_features(members: pd.DataFrame, offers: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -130,8 +136,37 @@ class PairEncoder:
         return share, rank
 
 
+def _booster(estimator, defaults: dict, n_rows: int, params: dict, seed: int):
+    """A LightGBM estimator with pooled leaves scaled to the rows it fits (``params`` win)."""
+    leaf = {"min_child_samples": int(np.clip(n_rows // 20, 20, 200))}
+    return estimator(**(defaults | leaf | params), random_state=seed)
+
+
+def _value_model(make_reg, M: pd.DataFrame, revenue, responded: np.ndarray, w: np.ndarray):
+    """A regressor of the revenue of a responding exposure (its conversion order) on the pair's
+    features, or None with fewer than :data:`MIN_VALUE_ROWS` such rows. A response is usually a
+    smaller order than the member's average basket (one promoted category, not a weekly shop):
+    the incremental value of an offer is uplift x this, not x the member's average order."""
+    if revenue is None:
+        return None
+    revenue = np.asarray(revenue, dtype=float)
+    rows = responded & np.isfinite(revenue) & (revenue > 0)
+    if rows.sum() < MIN_VALUE_ROWS:
+        return None
+    return make_reg(int(rows.sum())).fit(M[rows], revenue[rows], sample_weight=w[rows])
+
+
+def _order_value(model, M: np.ndarray, threads: int) -> np.ndarray:
+    """The value model's prediction (at least 0), NaN where none was learned (old models included)."""
+    value_model = getattr(model, "value_model_", None)
+    if value_model is None:
+        return np.full(len(M), np.nan)
+    return np.maximum(value_model.booster_.predict(M, num_threads=threads), 0.0)
+
+
 class UpliftModel:
-    """P(convert | treated), P(convert | control), their difference (the uplift), and P(redeem | treated).
+    """P(convert | treated), P(convert | control), their difference (the uplift), P(redeem | treated)
+    and the revenue of a conversion (``order_value``, where the responses carry revenue).
 
     ``learner``:
 
@@ -146,23 +181,23 @@ class UpliftModel:
       with weights ``(t - e)^2`` (Nie & Wager).
 
     Every learner also fits the two arm models on all rows: they give the response probabilities
-    the service reports next to the effect.
+    the service reports next to the effect. ``offer_blind_control``: the control arm's models do
+    not read :data:`OFFER_ONLY_COLUMNS` (see there).
     """
 
-    def __init__(self, learner: str = "t", params: dict | None = None, seed: int = 7):
+    def __init__(self, learner: str = "t", params: dict | None = None, seed: int = 7, offer_blind_control: bool = True):
         if learner not in LEARNERS:
             raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, not {learner!r}")
         self.learner = learner
         self.params = params or {}
         self.seed = seed
+        self.offer_blind_control = offer_blind_control
 
     def _clf(self, n_rows: int):
-        leaf = {"min_child_samples": int(np.clip(n_rows // 20, 20, 200))}  # pooled leaves, scaled to the arm
-        return lgb.LGBMClassifier(**(CLASSIFIER | leaf | self.params), random_state=self.seed)
+        return _booster(lgb.LGBMClassifier, CLASSIFIER, n_rows, self.params, self.seed)
 
     def _reg(self, n_rows: int):
-        leaf = {"min_child_samples": int(np.clip(n_rows // 20, 20, 200))}
-        return lgb.LGBMRegressor(**(REGRESSOR | leaf | self.params), random_state=self.seed)
+        return _booster(lgb.LGBMRegressor, REGRESSOR, n_rows, self.params, self.seed)
 
     def fit(
         self,
@@ -172,11 +207,14 @@ class UpliftModel:
         redeemed: np.ndarray | None = None,
         sample_weight: np.ndarray | None = None,
         treatment_propensity: np.ndarray | None = None,
+        revenue: np.ndarray | None = None,
     ):
         """``sample_weight``: e.g. inverse propensities of rows a targeting policy chose, so that
         each arm's response model sees the population, not the policy's favourites.
         ``treatment_propensity``: each row's known P(treated) by design (the campaign's treated
-        share); the constant overall share without it. Used by the DR- and R-learners."""
+        share); the constant overall share without it. Used by the DR- and R-learners.
+        ``revenue``: each exposure's response revenue; the converted rows of both arms teach
+        ``order_value``."""
         t = np.asarray(treatment, dtype=bool)
         y = np.asarray(converted, dtype=int)
         w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
@@ -187,16 +225,19 @@ class UpliftModel:
             raise ValueError("treatment_propensity must lie strictly between 0 and 1 for every row")
         self.features_ = FeatureMatrix(exclude={"treatment", "propensity"}).fit(X)
         M = self.features_.transform(X)
+        blind = OFFER_ONLY_COLUMNS if self.offer_blind_control else set()
+        self.control_columns_ = [j for j, c in enumerate(self.features_.columns_) if c not in blind]
+        C = M.iloc[:, self.control_columns_]
         self.treated_model_ = self._clf(int(t.sum())).fit(M[t], y[t], sample_weight=w[t])
-        self.control_model_ = self._clf(int((~t).sum())).fit(M[~t], y[~t], sample_weight=w[~t])
+        self.control_model_ = self._clf(int((~t).sum())).fit(C[~t], y[~t], sample_weight=w[~t])
         self.treatment_share_ = float(t.mean())
         if self.learner == "x":
-            d1 = y[t] - self.control_model_.predict_proba(M[t])[:, 1]
+            d1 = y[t] - self.control_model_.predict_proba(C[t])[:, 1]
             d0 = self.treated_model_.predict_proba(M[~t])[:, 1] - y[~t]
             self.tau1_ = self._reg(int(t.sum())).fit(M[t], d1, sample_weight=w[t])
             self.tau0_ = self._reg(int((~t).sum())).fit(M[~t], d0, sample_weight=w[~t])
         elif self.learner == "dr":
-            mu1, mu0 = self._cross_fit_arms(X, M, t, y, w)
+            mu1, mu0 = self._cross_fit_arms(X, M, C, t, y, w)
             pseudo = mu1 - mu0 + t * (y - mu1) / e - (~t) * (y - mu0) / (1 - e)
             self.tau_ = self._reg(len(y)).fit(M, pseudo, sample_weight=w)
         elif self.learner == "r":
@@ -208,6 +249,7 @@ class UpliftModel:
             self.redeem_model_ = self._clf(int(t.sum())).fit(
                 M[t], np.asarray(redeemed, dtype=int)[t], sample_weight=w[t]
             )
+        self.value_model_ = _value_model(self._reg, M, revenue, y.astype(bool), w)
         return self
 
     def _folds(self, X: pd.DataFrame) -> np.ndarray:
@@ -219,21 +261,21 @@ class UpliftModel:
             return rng.permutation(len(uniques))[codes] % CROSS_FIT_FOLDS
         return rng.permutation(len(X)) % CROSS_FIT_FOLDS
 
-    def _cross_fit_arms(self, X, M, t, y, w) -> tuple[np.ndarray, np.ndarray]:
+    def _cross_fit_arms(self, X, M, C, t, y, w) -> tuple[np.ndarray, np.ndarray]:
         """Out-of-fold P(convert | treated) and P(convert | control) for every row."""
         fold = self._folds(X)
         mu1, mu0 = np.empty(len(y)), np.empty(len(y))
         for k in range(CROSS_FIT_FOLDS):
             fit, out = fold != k, fold == k
-            for arm, mu in ((t, mu1), (~t, mu0)):
+            for arm, mu, A in ((t, mu1, M), (~t, mu0, C)):
                 rows = fit & arm
                 if not out.any():
                     continue
                 if y[rows].min() == y[rows].max():  # one class only in this fold's arm
                     mu[out] = float(y[rows].mean()) if rows.any() else float(y[arm].mean())
                     continue
-                model = self._clf(int(rows.sum())).fit(M[rows], y[rows], sample_weight=w[rows])
-                mu[out] = model.predict_proba(M[out])[:, 1]
+                model = self._clf(int(rows.sum())).fit(A[rows], y[rows], sample_weight=w[rows])
+                mu[out] = model.predict_proba(A[out])[:, 1]
         return mu1, mu0
 
     def _cross_fit_outcome(self, X, M, y, w) -> np.ndarray:
@@ -258,7 +300,8 @@ class UpliftModel:
         """:meth:`predict` on an encoded matrix (``features_.encode``/``to_numpy``): the hot path."""
         threads = 1 if len(M) < 10_000 else 0  # OpenMP start-up costs more than a small predict
         p1 = self.treated_model_.booster_.predict(M, num_threads=threads)
-        p0 = self.control_model_.booster_.predict(M, num_threads=threads)
+        control = getattr(self, "control_columns_", None)  # models saved before it: every column
+        p0 = self.control_model_.booster_.predict(M if control is None else M[:, control], num_threads=threads)
         if self.learner == "x":
             g = self.treatment_share_  # randomised design: e(x) is the constant treatment share
             tau0 = self.tau0_.booster_.predict(M, num_threads=threads)
@@ -270,7 +313,13 @@ class UpliftModel:
             uplift = p1 - p0
         redeem = self.redeem_model_
         p_redeem = redeem.booster_.predict(M, num_threads=threads) if redeem is not None else p1
-        return {"p_convert_treated": p1, "p_convert_control": p0, "uplift": uplift, "p_redeem": p_redeem}
+        return {
+            "p_convert_treated": p1,
+            "p_convert_control": p0,
+            "uplift": uplift,
+            "p_redeem": p_redeem,
+            "order_value": _order_value(self, M, threads),
+        }
 
 
 class PropensityModel:
@@ -280,17 +329,25 @@ class PropensityModel:
         self.params = params or {}
         self.seed = seed
 
-    def fit(self, X: pd.DataFrame, redeemed: np.ndarray) -> PropensityModel:
+    def fit(self, X: pd.DataFrame, redeemed: np.ndarray, revenue: np.ndarray | None = None) -> PropensityModel:
+        """``revenue``: each exposure's response revenue; the redeemed rows teach ``order_value``."""
         self.features_ = FeatureMatrix(exclude={"treatment", "propensity"}).fit(X)
-        leaf = {"min_child_samples": int(np.clip(len(X) // 20, 20, 200))}
-        self.model_ = lgb.LGBMClassifier(**(CLASSIFIER | leaf | self.params), random_state=self.seed)
-        self.model_.fit(self.features_.transform(X), np.asarray(redeemed, dtype=int))
+        M, y = self.features_.transform(X), np.asarray(redeemed, dtype=int)
+        self.model_ = _booster(lgb.LGBMClassifier, CLASSIFIER, len(y), self.params, self.seed).fit(M, y)
+        self.value_model_ = _value_model(
+            lambda n: _booster(lgb.LGBMRegressor, REGRESSOR, n, self.params, self.seed),
+            M,
+            revenue,
+            y.astype(bool),
+            np.ones(len(y)),
+        )
         return self
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.predict_matrix(self.features_.to_numpy(X)), index=X.index)
 
     def predict_matrix(self, M: np.ndarray) -> dict[str, np.ndarray]:
-        p = self.model_.booster_.predict(M, num_threads=1 if len(M) < 10_000 else 0)
+        threads = 1 if len(M) < 10_000 else 0
+        p = self.model_.booster_.predict(M, num_threads=threads)
         # no control group: the effect is unidentified, so no uplift column is claimed
-        return {"p_redeem": p, "uplift": np.full(len(M), np.nan)}
+        return {"p_redeem": p, "uplift": np.full(len(M), np.nan), "order_value": _order_value(self, M, threads)}

@@ -101,9 +101,11 @@ def trace_removed(offer_ids, removed_by: list) -> list[dict]:
 def score_offers(model, member: pd.DataFrame, offers: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
     """Expected incremental value of each offer for one or more members (rows of online features).
 
-    value = uplift x order value x (margin rate + the offer's margin impact) - P(redeem) x cost.
+    value = uplift x order value x (margin rate + the offer's margin impact) - P(redeem) x cost,
+    the order value being what a response to the offer is worth as the model learned it from
+    the responses' revenue (the member's 365-day average order where it learned none).
     A propensity-only model (no control group in its training data) ranks by
-    P(redeem) x margin instead and says so in ``basis``.
+    P(redeem) x order value x margin instead and says so in ``basis``.
     """
     pairs = pair_features(member, offers)
     pred = model.predict(pairs)
@@ -167,14 +169,19 @@ def _offer_values(model, pred: dict, aov: np.ndarray, offers, margin_rate: float
     cost = np.nan_to_num(np.asarray(offers["cost"], dtype=float))
     p_redeem = pred["p_redeem"]
     uplift = pred["uplift"]
+    # what a response is worth: learned from the responses' revenue where the model has it; the
+    # member's average order only where it has not (a response is often a smaller order)
+    learned = pred.get("order_value")
+    order_value = aov if learned is None else np.where(np.isfinite(learned), learned, aov)
     if isinstance(model, PropensityModel) or np.isnan(uplift).all():
-        incremental, basis = p_redeem * aov * margin, "propensity"
+        incremental, basis = p_redeem * order_value * margin, "propensity"
     else:
-        incremental, basis = uplift * aov * margin, "uplift"
+        incremental, basis = uplift * order_value * margin, "uplift"
     return {
         "p_redeem": p_redeem,
         "p_convert_treated": pred.get("p_convert_treated", p_redeem),
         "uplift": uplift,
+        "order_value": order_value,
         "expected_cost": p_redeem * cost,
         "expected_incremental_value": incremental - p_redeem * cost,
         "basis": np.full(len(p_redeem), basis, dtype=object),

@@ -384,6 +384,7 @@ class DecisionRuntime:
             expected_incremental_value=value,
             p_redeem=round(float(row["p_redeem"]), 4),
             uplift=None if np.isnan(row["uplift"]) else round(float(row["uplift"]), 4),
+            order_value=round(float(row["order_value"]), 2),
             reason_codes=decisions.reason_codes(row, member),
         )
 

@@ -53,6 +53,7 @@ class OfferDecision(BaseModel):
     expected_incremental_value: float | None = Field(None, description="uplift x order value x margin - expected cost")
     p_redeem: float | None = None
     uplift: float | None = None
+    order_value: float | None = Field(None, description="what a response is worth (learned from response revenue)")
     reason_codes: list[str]
 
 

@@ -117,8 +117,9 @@ def test_benefits_rank_by_affinity_and_fit_and_say_why():
     assert {"recommended_category", "shops_this_category", "prefers_emotional_benefits"} <= set(top["reasons"])
 
 
-def _pairs_world(seed: int = 5, n: int = 600):
-    """Random members x offers with categorical, missing and unseen values, and a fitted uplift model."""
+def _pairs_world(seed: int = 5, n: int = 600, revenue: bool = False):
+    """Random members x offers with categorical, missing and unseen values, and a fitted uplift model
+    (``revenue``: the responses carry revenue, so the model learns what a response is worth)."""
     from models.uplift import UpliftModel, pair_features
 
     rng = np.random.default_rng(seed)
@@ -142,22 +143,27 @@ def _pairs_world(seed: int = 5, n: int = 600):
     )
     treatment = rng.random(len(pairs)) < 0.7
     y = rng.random(len(pairs)) < 0.1 + 0.1 * treatment * (pairs["offer_category_share"].to_numpy() > 0.3)
-    model = UpliftModel(params={"n_estimators": 20, "min_child_samples": 5}).fit(pairs, treatment, y, y & treatment)
+    value = np.where(y, 15.0 + 10.0 * (pairs["offer_id"].to_numpy() == "B"), 0.0) if revenue else None
+    model = UpliftModel(params={"n_estimators": 20, "min_child_samples": 5}).fit(
+        pairs, treatment, y, y & treatment, revenue=value
+    )
     return members, offers, model
 
 
-def test_the_hot_path_scores_every_offer_exactly_as_the_frame_path():
+@pytest.mark.parametrize("revenue", [False, True])
+def test_the_hot_path_scores_every_offer_exactly_as_the_frame_path(revenue):
     from models.uplift import PairEncoder
 
-    members, offers, model = _pairs_world()
+    members, offers, model = _pairs_world(revenue=revenue)
     encoder = PairEncoder(model.features_, offers)
     for i in (0, 3, 17, 42):
         member = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in members.iloc[i].items()}
         frame = decisions.score_offers(model, pd.DataFrame([members.iloc[i]]), offers, 0.3)
         arrays = decisions.score_member(model, encoder, member, 0.3)
         assert list(arrays["offer_id"]) == frame["offer_id"].tolist()
-        for col in ("p_redeem", "uplift", "expected_cost", "expected_incremental_value", "offer_category_share"):
+        for col in ("p_redeem", "uplift", "order_value", "expected_cost", "expected_incremental_value"):
             np.testing.assert_allclose(arrays[col], frame[col].to_numpy(), rtol=1e-12, err_msg=col)
+        np.testing.assert_allclose(arrays["offer_category_share"], frame["offer_category_share"].to_numpy())
     # an unseen level and a missing value encode as NaN, as pandas' categorical does for LightGBM
     odd = {**member, "lifecycle_stage": "never-seen", "top_category_1": None}
     frame = decisions.score_offers(model, pd.DataFrame([odd]), offers, 0.3)
@@ -166,6 +172,28 @@ def test_the_hot_path_scores_every_offer_exactly_as_the_frame_path():
         frame["expected_incremental_value"].to_numpy(),
         rtol=1e-12,
     )
+
+
+def test_an_offer_is_worth_uplift_times_what_a_response_is_worth_not_the_average_basket():
+    """With revenue in the responses, value = uplift x learned response value x margin - expected
+    cost; without, the member's 365-day average order stands in."""
+    from models.uplift import PairEncoder
+
+    members, offers, learned = _pairs_world(revenue=True)
+    _, _, unlearned = _pairs_world()
+    margin = 0.3 + offers["margin_impact"].to_numpy()
+    member = members.iloc[3].to_dict()
+    for model, expected_value in ((learned, None), (unlearned, member["aov_365d"] or decisions.DEFAULT_AOV)):
+        scored = decisions.score_member(model, PairEncoder(model.features_, offers), member, 0.3)
+        if expected_value is None:  # responses to B were worth 25, to the others 15
+            expected_value = scored["order_value"]
+            assert expected_value[1] > expected_value[0] + 5 and 12 < expected_value[0] < 18
+        np.testing.assert_allclose(scored["order_value"], expected_value)
+        np.testing.assert_allclose(
+            scored["expected_incremental_value"],
+            scored["uplift"] * expected_value * margin - scored["expected_cost"],
+            rtol=1e-12,
+        )
 
 
 def test_the_numpy_matrix_predicts_what_the_categorical_frame_predicts():
@@ -219,7 +247,7 @@ def test_batch_scoring_on_arrays_equals_the_frame_path():
     arrays = decisions.score_pairs(model, encoder, members, 0.3)
     assert arrays["member_id"].tolist() == frame["member_id"].tolist()
     assert arrays["offer_id"].tolist() == frame["offer_id"].tolist()
-    for col in ("p_redeem", "uplift", "expected_cost", "expected_incremental_value", "offer_category_share"):
+    for col in ("p_redeem", "uplift", "order_value", "expected_cost", "expected_incremental_value"):
         np.testing.assert_allclose(arrays[col], frame[col].to_numpy(), rtol=1e-12, err_msg=col)
     assert (arrays["basis"] == frame["basis"]).all()
 

@@ -21,7 +21,7 @@ from models.calibration import (
     expected_calibration_error,
 )
 from models.churn import MIN_DRIVER_POINTS, ChurnModel, risk_band
-from models.uplift import LEARNERS, UpliftModel
+from models.uplift import LEARNERS, PropensityModel, UpliftModel
 
 pytestmark = pytest.mark.unit
 
@@ -166,6 +166,38 @@ def test_every_uplift_learner_recovers_a_known_effect(learner):
     pred = model.predict(X)
     assert np.corrcoef(pred["uplift"], tau)[0, 1] > 0.6
     assert (pred["p_convert_treated"].between(0, 1)).all()
+
+
+def test_the_offer_models_learn_what_a_response_is_worth():
+    """Responses to A are 20-unit orders, to B 60-unit ones; rows without a response carry none."""
+    X, t, y, _ = _randomised_offers()
+    worth = np.where(X["offer_id"] == "A", 20.0, 60.0)
+    revenue = np.where(y == 1, worth + np.random.default_rng(3).normal(0, 2, len(y)), 0.0)
+    uplift = UpliftModel().fit(X, t, y, revenue=revenue).predict(X)
+    propensity = PropensityModel().fit(X[t], y[t], revenue[t]).predict(X)
+    for pred in (uplift, propensity):
+        for offer, value in (("A", 20.0), ("B", 60.0)):
+            assert pred.loc[X["offer_id"] == offer, "order_value"].mean() == pytest.approx(value, rel=0.05)
+    assert UpliftModel().fit(X, t, y).predict(X)["order_value"].isna().all()  # nothing to learn from
+    few = np.where(np.arange(len(y)) < 100, revenue, 0.0)  # fewer than MIN_VALUE_ROWS responses with revenue
+    assert UpliftModel().fit(X, t, y, revenue=few).predict(X)["order_value"].isna().all()
+
+
+def test_the_control_arm_model_is_blind_to_what_the_offer_is():
+    """A control member never saw the offer: its id and cost cannot move their conversion, so the
+    control arm's model does not read them; P(convert | control) is the same whichever offer."""
+    X, t, y, _ = _randomised_offers()
+    X = X.assign(cost=np.where(X["offer_id"] == "A", 1.0, 5.0), offer_category="food")
+    swapped = X.assign(offer_id=np.where(X["offer_id"] == "A", "B", "A"), cost=6.0 - X["cost"])
+    for learner in ("t", "dr"):
+        model = UpliftModel(learner=learner).fit(X, t, y, treatment_propensity=np.full(len(y), 0.7))
+        assert not {"offer_id", "cost"} & set(model.control_model_.booster_.feature_name())
+        assert "offer_category" in model.control_model_.booster_.feature_name()
+        np.testing.assert_array_equal(
+            model.predict(X)["p_convert_control"], model.predict(swapped)["p_convert_control"]
+        )
+    seeing = UpliftModel(offer_blind_control=False).fit(X, t, y)
+    assert {"offer_id", "cost"} <= set(seeing.control_model_.booster_.feature_name())
 
 
 def test_uplift_learner_rejects_bad_input():

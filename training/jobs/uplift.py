@@ -115,6 +115,7 @@ def fit_uplift(frame: pd.DataFrame, learner: str, params: dict | None, seed: int
         frame["redeemed"],
         ipw_weights(frame),
         treatment_propensity(frame),
+        frame["revenue"] if "revenue" in frame else None,
     )
 
 
@@ -190,7 +191,9 @@ def run(
                 "no control group in these exposures: uplift is not identified, so only the propensity is learned"
             )
             mlflow.set_tag("note", notes[-1])
-            model = PropensityModel(params=params, seed=settings.seed).fit(features_only(train), train["redeemed"])
+            model = PropensityModel(params=params, seed=settings.seed).fit(
+                features_only(train), train["redeemed"], train["revenue"]
+            )
             pred = model.predict(features_only(test))
             metrics = classification_metrics(test["redeemed"], pred["p_redeem"])
             offer_rate = train.groupby("offer_id")["redeemed"].mean()
@@ -235,6 +238,7 @@ def run(
                     "the oracle's observed Qini is below the model's: observed outcomes are noisy draws on few"
                     " campaigns; the true_* rows (true effects) are the fair comparison"
                 )
+        mlflow.log_param("order_value", _order_value_note(model, pred))
         comparison = pd.DataFrame(rows).T
         log_table(comparison.reset_index(names="model"), "comparison.json")
         cols = model.features_.columns_ + ["offer_id"]
@@ -251,6 +255,13 @@ def run(
             train=train,
         )
         return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes, model)
+
+
+def _order_value_note(model, pred: pd.DataFrame) -> str:
+    """What the offer values rest on: a learned response value, or the members' average order."""
+    if getattr(model, "value_model_", None) is None:
+        return "members' 365-day average order (too few responses with revenue to learn one)"
+    return f"learned from the responses' revenue; mean on the test set {pred['order_value'].mean():.2f}"
 
 
 def _true_uplift(ctx, test: pd.DataFrame) -> np.ndarray:
