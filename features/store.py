@@ -206,10 +206,9 @@ def materialize(settings: Settings, end: datetime) -> None:
     """Load the latest values as of ``end`` into the online store."""
     store = get_store(settings)
     recent = pd.Timestamp(end) - pd.Timedelta(days=2 * settings.snapshot_every_days)
-    snapshot_views = [fv for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
     with _quiet_feast():
-        _load(store, snapshot_views, lambda fv: recent, end)
-        _load(store, _no_ttl_views(store), lambda fv: datetime(1970, 1, 2), end)
+        _load(store, _snapshot_views(store), lambda fv: recent, end)
+        _load_whole(store, end)
 
 
 def materialize_incremental(settings: Settings, end: datetime) -> None:
@@ -218,14 +217,18 @@ def materialize_incremental(settings: Settings, end: datetime) -> None:
     real-time seed hold one row per member whose time can lie before the last load (a consent
     change exported a day late), so they are loaded whole, as they are small."""
     store = get_store(settings)
-    snapshot_views = [fv for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
     with _quiet_feast():
-        _load(store, snapshot_views, lambda fv: fv.most_recent_end_time or pd.Timestamp(end) - fv.ttl, end)
-        _load(store, _no_ttl_views(store), lambda fv: datetime(1970, 1, 2), end)
+        _load(store, _snapshot_views(store), lambda fv: fv.most_recent_end_time or pd.Timestamp(end) - fv.ttl, end)
+        _load_whole(store, end)
 
 
-def _no_ttl_views(store: FeatureStore) -> list[FeatureView]:
-    return [store.get_feature_view(name) for name in NO_TTL_VIEWS]
+def _snapshot_views(store: FeatureStore) -> list[FeatureView]:
+    return [fv for fv in store.list_feature_views() if fv.name not in NO_TTL_VIEWS]
+
+
+def _load_whole(store: FeatureStore, end: datetime) -> None:
+    """Consent and the real-time seed: every row up to ``end``, whatever its time."""
+    _load(store, [store.get_feature_view(name) for name in NO_TTL_VIEWS], lambda fv: datetime(1970, 1, 2), end)
 
 
 def _load(

@@ -115,7 +115,7 @@ def fit_uplift(frame: pd.DataFrame, learner: str, params: dict | None, seed: int
         frame["redeemed"],
         ipw_weights(frame),
         treatment_propensity(frame),
-        frame["revenue"] if "revenue" in frame else None,
+        frame["revenue"],  # always among the OUTCOMES the entity frame selects
     )
 
 
