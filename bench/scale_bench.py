@@ -165,8 +165,9 @@ def main() -> None:
     for members in sorted(args.members):
         base = args.data_dir or Path(tempfile.mkdtemp(prefix="loyalty-scale-"))
         data_dir = base / f"members-{members}"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        data_dir.mkdir(parents=True)
+        if args.steps is None or "data" in args.steps:  # a new world; other steps reuse the one there
+            shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir.parent / f"scale-{members}.log"
         print(f"{members:,} members (log {log})", flush=True)
         results.append(run_size(members, data_dir, args.engine, log, args.steps))

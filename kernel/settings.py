@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # past a few hundred thousand members more rows stop improving the models (bench/RESULTS.md,
     # scaling), so training time stops growing with the programme; scoring still covers everyone
     training_max_members: int = Field(200_000, ge=1000)
+    # CF chooses its algorithm, tunes it and learns the re-ranker on a hash sample of this many
+    # members; only the chosen model is refitted on every member (it must know each one to serve
+    # them), so CF's time grows with the programme by one fit, not by the whole selection
+    cf_selection_members: int = Field(50_000, ge=1000)
     # the promotion gate's margin for every job, in its metric's units; unset: each job's own MARGIN.
     # Negative promotes a challenger unless it is worse by more than that (a retrain on fresher data)
     promotion_margin: float | None = None

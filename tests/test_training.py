@@ -63,6 +63,24 @@ def test_cf_tuning_logs_its_time_and_keeps_the_defaults_unless_beaten(settings, 
     assert float(run.data.params["tuning_budget_s"]) == settings.cf_tuning_budget_s
 
 
+def test_cf_chooses_on_a_member_sample_and_serves_every_member(settings, trained):
+    """Past ``cf_selection_members`` the candidates compete on a hash sample; the chosen one is
+    refitted on everyone, so a member outside the sample is known, not folded in."""
+    from training.jobs import cf
+
+    small = settings.model_copy(update={"cf_selection_members": 1000, "cf_tuning_budget_s": 1.0})
+    result = cf.run(small, algorithms=("item_item",), trials=1, register_model=False, two_stage=False)
+    configure(settings)
+    params = MlflowClient().get_run(result.run_id).data.params
+    everyone, sampled = int(params["train_members"]), int(params["selection_members"])
+    assert 800 < sampled < 1200 < everyone
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model").unwrap_python_model().estimator
+    assert len(model.member_index_) == everyone
+    refitted = [name for name in result.comparison.index if name.endswith("(every member)")]
+    assert refitted and result.metrics == result.comparison.loc[refitted[0]].dropna().to_dict()
+    assert any("refitted on" in note for note in result.notes)
+
+
 def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(settings, trained):
     res = trained["uplift"].comparison
     configure(settings)
@@ -305,3 +323,45 @@ def test_training_sample_keeps_whole_members_the_same_ones_every_time():
     assert (sampled_members(ids[::-1], 10_000, seed=7) == keep[::-1]).all()  # by id, not by position
     assert (sampled_members(ids, 10_000, seed=8) != keep).any()
     assert sampled_members(ids, 50_000, seed=7).all()  # no more members than the cap: all kept
+
+
+@pytest.mark.unit
+def test_order_totals_and_adjusted_orders_are_read_from_parquet_as_pandas_would_compute_them(tmp_path):
+    from kernel.curated import order_totals
+    from kernel.settings import Settings
+    from training.datasets import known_adjusted_orders, orders
+
+    settings = Settings(data_dir=tmp_path, dataset="shop")
+    settings.curated_dir.mkdir(parents=True)
+    ts = pd.to_datetime(
+        [
+            "2024-01-02 10:00",
+            "2024-01-02 09:00",
+            "2024-01-03 08:00",
+            "2024-01-05 08:00",
+            "2024-01-06 08:00",
+            "2024-01-07 08:00",
+        ]
+    )
+    lines = pd.DataFrame(
+        {
+            "order_id": ["O2", "O2", "O1", "O3", None, "O4"],
+            "member_id": ["B", "B", "A", "A", "A", None],
+            "amount": [1.5, 2.25, 10.0, 3.0, 4.0, 5.0],
+            "ts": ts,
+        }
+    )
+    lines.to_parquet(settings.curated_dir / "transactions.parquet", index=False)
+    expected = order_totals(lines).reset_index(drop=True)  # pandas leaves rows without a key out
+    pd.testing.assert_frame_equal(orders(settings), expected)
+    assert orders(settings)["order_id"].tolist() == ["O1", "O3", "O2"]  # by member, then order
+
+    ledger = pd.DataFrame(
+        {
+            "member_id": ["A", "A", "B", "B", "A"],
+            "kind": ["adjust", "adjust", "earn", "adjust", "adjust"],
+            "order_id": ["O1", "GHOST", "O2", None, "O3"],
+        }
+    )
+    ledger.to_parquet(settings.curated_dir / "points_ledger.parquet", index=False)
+    assert known_adjusted_orders(settings).tolist() == ["O1", "O3"]  # named by an adjustment and sold

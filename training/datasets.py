@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pandas as pd
 from feast import FeatureStore
@@ -16,6 +17,8 @@ from feast import FeatureStore
 from features.store import get_store, training_frame
 from kernel.curated import dataset_cutoff, load_curated, order_totals, read_meta
 from kernel.settings import Settings
+
+ORDERS_MEMORY_LIMIT = "4GB"  # DuckDB spills to disk past it: the order totals stay bounded
 
 
 @dataclass
@@ -92,7 +95,35 @@ def training_times(ctx: TrainingContext, n: int) -> list[pd.Timestamp]:
 
 
 def orders(settings: Settings) -> pd.DataFrame:
-    return order_totals(load_curated(settings, "transactions"))
+    """One row per (member, order), as :func:`kernel.curated.order_totals` gives, aggregated by
+    DuckDB straight from the curated parquet: pandas would hold every line of every column
+    (58M lines at a million members) before grouping them."""
+    path = settings.curated_dir / "transactions.parquet"
+    if not path.exists():
+        return order_totals(load_curated(settings, "transactions"))  # its error names the step to run
+    with duckdb.connect() as con:
+        con.execute(f"SET memory_limit = '{ORDERS_MEMORY_LIMIT}'")
+        return con.execute(
+            "SELECT member_id, order_id, min(ts) AS ts, sum(amount) AS amount FROM read_parquet(?) "
+            "WHERE member_id IS NOT NULL AND order_id IS NOT NULL "  # pandas' groupby leaves them out
+            "GROUP BY member_id, order_id ORDER BY member_id, order_id",
+            [str(path)],
+        ).df()
+
+
+def known_adjusted_orders(settings: Settings) -> pd.Index:
+    """The order ids that points adjustments name and the transactions hold: all that
+    :func:`models.fraud.ledger_features` tests against (the programme's whole order index
+    would be ten million ids at a million members)."""
+    txn, ledger = settings.curated_dir / "transactions.parquet", settings.curated_dir / "points_ledger.parquet"
+    with duckdb.connect() as con:
+        con.execute(f"SET memory_limit = '{ORDERS_MEMORY_LIMIT}'")
+        found = con.execute(
+            "SELECT DISTINCT order_id FROM read_parquet(?) WHERE order_id IN "
+            "(SELECT order_id FROM read_parquet(?) WHERE kind = 'adjust' AND order_id IS NOT NULL)",
+            [str(txn), str(ledger)],
+        ).df()
+    return pd.Index(found["order_id"].sort_values().to_numpy(), name="order_id")
 
 
 def member_labels(order_table: pd.DataFrame, times: list[pd.Timestamp], window: pd.Timedelta) -> pd.DataFrame:
@@ -125,10 +156,13 @@ def sampled_members(ids, max_members: int, seed: int) -> np.ndarray:
     return (h % np.uint64(1 << 32)) < np.uint64(int(max_members / n * (1 << 32)))
 
 
-def cutoff_labels(ctx: TrainingContext, n_snapshots: int) -> tuple[list[pd.Timestamp], pd.DataFrame, pd.DataFrame]:
+def cutoff_labels(
+    ctx: TrainingContext, n_snapshots: int, order_table: pd.DataFrame | None = None
+) -> tuple[list[pd.Timestamp], pd.DataFrame, pd.DataFrame]:
     """Training cutoffs, their label frames and the holdout label frame at the cutoff (churn and value),
-    each for at most ``training_max_members`` sampled members."""
-    order_table = orders(ctx.settings)
+    each for at most ``training_max_members`` sampled members (``order_table``: :func:`orders`, when
+    the caller has it already)."""
+    order_table = orders(ctx.settings) if order_table is None else order_table
     keep = sampled_members(order_table["member_id"], ctx.settings.training_max_members, ctx.settings.seed)
     order_table = order_table[keep] if not keep.all() else order_table
     times = training_times(ctx, n_snapshots)

@@ -19,6 +19,7 @@ import pandas as pd
 
 BINS = 10
 TOP_CATEGORIES = 20
+REFERENCE_ROWS = 500_000  # a larger training frame is profiled on a random sample of this many rows
 FLOOR = 1e-4  # share given to an empty bin, so that ln() stays finite
 MISSING = "__missing__"
 DRIFT_REFERENCE = "drift_reference.json"  # the artifact every training run with a training frame logs
@@ -28,8 +29,10 @@ SCORE_PREFIX = "score:"  # reference entries of a model's outputs, next to its i
 def reference_profile(frame: pd.DataFrame, columns: list[str] | None = None, bins: int = BINS) -> dict:
     """Per column: numeric (quantile edges and the share in each bin, missing values apart) or
     categorical (the most frequent values' shares, the rest as one bucket)."""
+    if len(frame) > REFERENCE_ROWS:  # shares of ten bins need no more rows than this
+        frame = frame.sample(REFERENCE_ROWS, random_state=0)
     out = {}
-    for col in columns or list(frame.columns):
+    for col in list(frame.columns) if columns is None else columns:
         s = frame[col]
         if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
             values = s.astype("string").fillna(MISSING)

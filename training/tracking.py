@@ -12,10 +12,12 @@ from contextlib import contextmanager
 from importlib.metadata import version
 
 import mlflow
-import mlflow.data
 import pandas as pd
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as context_registry
 
 from kernel.model_store import use_tracking_store
 from kernel.settings import PROJECT_ROOT, Settings
@@ -45,13 +47,40 @@ def configure(settings: Settings, experiment: str | None = None) -> str:
     return exp_id
 
 
+SCHEMA_ROWS = 10_000  # rows a logged dataset's schema is inferred from
+
+
+class FrameDataset(PandasDataset):
+    """A training frame as an MLflow dataset: the schema inferred from its first rows, the row
+    count and a digest of every row. MLflow's own ``from_pandas`` checks the type of every cell
+    of the whole frame for its digest and schema: minutes for a million members' purchases."""
+
+    def __init__(self, frame: pd.DataFrame, name: str, columns: list[str]):
+        self._rows, self._elements = len(frame), len(frame) * len(columns)
+        source = CodeDatasetSource(tags=context_registry.resolve_tags())
+        head = frame.head(SCHEMA_ROWS)[columns]
+        super().__init__(head, source=source, name=name, digest=frame_digest(frame, columns))
+
+    @property
+    def profile(self) -> dict:
+        return {"num_rows": self._rows, "num_elements": self._elements}
+
+
+def frame_digest(frame: pd.DataFrame, columns: list[str]) -> str:
+    """Eight hex digits of a hash of the column names and every row's values, column by column."""
+    md5 = hashlib.md5(",".join(map(str, columns)).encode())
+    for col in columns:
+        md5.update(pd.util.hash_pandas_object(frame[col], index=False).to_numpy().tobytes())
+    return md5.hexdigest()[:8]
+
+
 def log_datasets(frames: dict[str, pd.DataFrame], name: str) -> None:
     """Each frame as an MLflow dataset input (context = key): its schema, row count and digest
     fill the UI's Dataset column. MLflow keeps no rows, and member ids are left out of the digest."""
     for context, frame in frames.items():
-        data = frame.drop(columns=[c for c in ("member_id",) if c in frame.columns])
+        columns = [c for c in frame.columns if c != "member_id"]
         with _integer_columns_on_purpose():  # the schema is inferred when the input is logged
-            mlflow.log_input(mlflow.data.from_pandas(data, name=f"{name}-{context}"), context=context)
+            mlflow.log_input(FrameDataset(frame, f"{name}-{context}", columns), context=context)
 
 
 @contextmanager

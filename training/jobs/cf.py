@@ -25,7 +25,7 @@ from kernel.settings import Settings
 from models.cf import ALGORITHMS, BuyAgainRecommender, CFRecommender, PopularityRecommender, interaction_weights
 from models.cf_rank import TwoStageRecommender
 from training import plots
-from training.datasets import context
+from training.datasets import context, sampled_members
 from training.evaluation.metrics import KS, ranking_metrics
 from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics
 from training.tracking import job_run, log_figure, log_table
@@ -154,9 +154,11 @@ def run(
     optuna.logging.set_verbosity(logging.WARNING)
     trials = settings.tuning_trials if trials is None else trials
     ctx = context(settings)
-    txn = load_curated(settings, "transactions")[["member_id", "item_id", "quantity", "ts"]]
+    everyone = load_curated(settings, "transactions", columns=["member_id", "item_id", "quantity", "ts"])
+    keep = sampled_members(everyone["member_id"], settings.cf_selection_members, settings.seed)
+    txn = everyone if keep.all() else everyone[keep]  # the members every candidate is chosen on
     items = load_curated(settings, "items")["item_id"].tolist()
-    sold = txn["item_id"].nunique()
+    sold = everyone["item_id"].nunique()
     if sold < MIN_CATALOGUE:
         raise JobNotApplicable(
             f"{sold} item(s) sold: a catalogue smaller than k={MIN_CATALOGUE} needs no recommender "
@@ -198,7 +200,8 @@ def run(
                 "cutoff": ctx.cutoff.date(),
                 "window_days": settings.label_window_days,
                 "items": len(items),
-                "train_members": fit_test["member_id"].nunique(),
+                "train_members": everyone.loc[everyone["ts"] < ctx.cutoff, "member_id"].nunique(),
+                "selection_members": fit_test["member_id"].nunique(),
                 "test_members_evaluated": len(test_members),
             }
         )
@@ -283,6 +286,19 @@ def run(
         chosen = max(candidates, key=lambda a: best[a][0])  # on validation, never on test
         model = best[chosen][2]
         metrics = rows[chosen]
+        fit_all = fit_test
+        if not keep.all():  # the chosen one again on every member, scored on the same test members
+            started = time.perf_counter()
+            fit_all = everyone[everyone["ts"] < ctx.cutoff]
+            everyone_segments = _segments(ctx, fit_all["member_id"].unique())
+            model = refit_everyone(chosen, best[chosen], fit_all, ctx, items, everyone_segments)
+            metrics = evaluate(model, test_members, owned_test, future_test, len(items)) | {
+                f"val_{METRIC}": best[chosen][0]
+            }
+            rows[f"{chosen} (every member)"] = metrics
+            mlflow.log_metric("refit_seconds", time.perf_counter() - started)
+            sampled, total = fit_test["member_id"].nunique(), len(everyone_segments)
+            notes.append(f"chosen on {sampled:,} sampled members, refitted on all {total:,}")
         mlflow.log_params({"chosen_algorithm": chosen, **{f"best_{k}": v for k, v in best[chosen][1].items()}})
         log_metrics(metrics)
         log_metrics(rows["popularity"], "popularity_")
@@ -314,9 +330,21 @@ def run(
             holdout.reset_index(drop=True),
             register_model,
             params={"k": 10, "exclude_owned": True},
-            train=fit_test,
+            train=fit_all,
         )
         return JobResult("cf", run.info.run_id, metrics, comparison, decision, notes)
+
+
+def refit_everyone(chosen: str, best: tuple, fit_all: pd.DataFrame, ctx, items: list, segments: pd.Series):
+    """The chosen candidate (``best``: validation score, params, model) fitted on every member's
+    history before the cutoff; a two-stage model keeps the ranker it learned on the sample."""
+    _, params, model = best
+    if chosen == "two_stage":
+        item_category = load_curated(ctx.settings, "items").set_index("item_id")["category_l1"]
+        return model.refit(fit_all, ctx.cutoff, item_category, items, segments)
+    if chosen == "popularity":
+        return PopularityRecommender().fit(interaction_weights(fit_all, ctx.cutoff, 90), items=items, segments=segments)
+    return fit_cf(chosen, params, fit_all, ctx.cutoff, items, segments, ctx.settings.seed)
 
 
 def _segments(ctx, members) -> pd.Series:

@@ -15,6 +15,7 @@ from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
 from training.distributed import dask_client
 from training.evaluation.metrics import classification_metrics, lift_table
+from training.featurize import BTYD_MAX_FIT_MEMBERS
 from training.jobs.common import JobResult, finish, log_metrics, model_input
 from training.tracking import job_run, log_figure, log_table
 
@@ -43,7 +44,8 @@ def run(
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
-    times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
+    order_table = orders(settings)
+    times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
     require_repeat_buyers(train_labels, settings.label_window_days, "training snapshots")
     require_repeat_buyers(test_labels, settings.label_window_days, "holdout window")
     with job_run(settings, "churn", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
@@ -87,7 +89,7 @@ def run(
         plain.fit(model.features_.transform(features_only(train)), train["churned"].to_numpy())
         p_plain = plain.predict_proba(model.features_.transform(features_only(test)))[:, 1]
         # BG/NBD's P(no purchase in the window), fitted on the history before the cutoff only
-        btyd = btyd_scores(orders(settings), ctx.cutoff, settings.label_window_days)
+        btyd = btyd_scores(order_table, ctx.cutoff, settings.label_window_days, BTYD_MAX_FIT_MEMBERS)
         p_btyd = btyd["p_no_purchase"].reindex(test["member_id"]).fillna(1.0).to_numpy()
         rows = {
             "lightgbm": metrics,

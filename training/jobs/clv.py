@@ -12,6 +12,7 @@ from models.clv import CLVModel
 from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
 from training.evaluation.metrics import value_metrics
+from training.featurize import BTYD_MAX_FIT_MEMBERS
 from training.jobs.churn import features_only
 from training.jobs.common import JobResult, finish, log_metrics, model_input
 from training.tracking import job_run, log_figure, log_table
@@ -26,7 +27,8 @@ def score_holdout(model: CLVModel, holdout: pd.DataFrame) -> float:
 
 def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, register_model: bool = True) -> JobResult:
     ctx = context(settings)
-    times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots)
+    order_table = orders(settings)
+    times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
     require_repeat_buyers(train_labels, settings.label_window_days, "training snapshots", need_churners=False)
     require_repeat_buyers(test_labels, settings.label_window_days, "holdout window", need_churners=False)
     with job_run(settings, "clv", SERVICE, feature_refs(ctx, SERVICE), cutoff=ctx.cutoff.date()) as run:
@@ -52,7 +54,7 @@ def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, re
         persistence = test["monetary_90d"].fillna(0).to_numpy() * settings.label_window_days / 90.0
         baseline = value_metrics(actual, persistence)
         # BG/NBD expected purchases x Gamma-Gamma spend, fitted on the history before the cutoff
-        btyd = btyd_scores(orders(settings), ctx.cutoff, settings.label_window_days)
+        btyd = btyd_scores(order_table, ctx.cutoff, settings.label_window_days, BTYD_MAX_FIT_MEMBERS)
         btyd_value = value_metrics(actual, btyd["expected_spend"].reindex(test["member_id"]).fillna(0).to_numpy())
         # the untuned library default on the same features: what the project's choices must beat
         plain = lgb.LGBMRegressor(verbose=-1, n_jobs=2, random_state=settings.seed)

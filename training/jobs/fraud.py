@@ -17,13 +17,14 @@ from kernel.curated import load_curated
 from kernel.settings import Settings
 from models.fraud import PointsFraudDetector, ledger_features
 from training import plots
-from training.datasets import context
+from training.datasets import context, known_adjusted_orders
 from training.evaluation.metrics import alert_metrics
 from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics
 from training.tracking import job_run, log_figure, log_table
 
 METRIC, MARGIN = "recall", 0.0
 MAX_FPR = 0.003  # false-positive budget from the programme's fraud policy
+LEDGER_COLUMNS = ["member_id", "ts", "kind", "points", "order_id"]  # what the ledger features read
 
 
 def score_holdout(model: PointsFraudDetector, holdout: pd.DataFrame) -> float:
@@ -36,13 +37,13 @@ def score_holdout(model: PointsFraudDetector, holdout: pd.DataFrame) -> float:
 
 def run(settings: Settings, max_fpr: float = MAX_FPR, register_model: bool = True) -> JobResult:
     ctx = context(settings)
-    ledger = load_curated(settings, "points_ledger")
+    ledger = load_curated(settings, "points_ledger", columns=LEDGER_COLUMNS)
     if ledger.empty:
         raise JobNotApplicable(
             f"dataset {settings.dataset!r} has no points ledger: nothing to screen for points farming "
             "(map one, or set `points: derive` in the mapping)"
         )
-    known_orders = pd.Index(load_curated(settings, "transactions")["order_id"].unique())
+    known_orders = known_adjusted_orders(settings)
     X = ledger_features(ledger, known_orders, as_of=ctx.end)
     labelled = ctx.simulated
     if labelled:
