@@ -81,6 +81,20 @@ def test_cf_chooses_on_a_member_sample_and_serves_every_member(settings, trained
     assert any("refitted on" in note for note in result.notes)
 
 
+def test_the_offer_job_trains_on_the_members_sample_as_churn_does(settings, pipeline):
+    from training.datasets import sampled_members
+    from training.jobs import uplift
+
+    small = settings.model_copy(update={"training_max_members": 1000})
+    result = uplift.run(small, learner="t", register_model=False)
+    configure(settings)
+    run = MlflowClient().get_run(result.run_id)
+    exposed = pd.read_parquet(settings.curated_dir / "exposures.parquet", columns=["member_id"])["member_id"]
+    expected = exposed[sampled_members(exposed, 1000, settings.seed)].nunique()  # the churn job's members
+    assert int(run.data.params["training_members"]) == expected < 1200 < exposed.nunique()
+    assert f"hash sample of {expected:,} members" in run.data.tags["data_used"]
+
+
 def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(settings, trained):
     res = trained["uplift"].comparison
     configure(settings)

@@ -16,7 +16,7 @@ from kernel.curated import exposures_with_responses, load_curated
 from kernel.settings import Settings
 from models.uplift import LEARNERS, PropensityModel, UpliftModel, pair_features
 from training import plots
-from training.datasets import context, feature_refs, with_features
+from training.datasets import context, feature_refs, sampled_members, with_features
 from training.evaluation.metrics import classification_metrics, uplift_metrics
 from training.jobs.common import JobNotApplicable, JobResult, finish, log_metrics, model_input
 from training.tracking import job_run, log_figure, log_table
@@ -152,6 +152,9 @@ def run(
         pd.to_datetime(exp["ts"]) <= ctx.end - pd.Timedelta(days=settings.response_window_days)
     )  # the service's own sends: their answers still arrive day by day
     exp = exp[closed]
+    # the same hash sample of members as churn and value train on: whole members, every campaign
+    keep = sampled_members(exp["member_id"], settings.training_max_members, settings.seed)
+    exp = exp if keep.all() else exp[keep]
     entity = exp.rename(columns={"ts": "event_timestamp"})[["member_id", "event_timestamp", "offer_id", *OUTCOMES]]
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"]).dt.tz_localize("UTC")
     has_control = entity["treatment"].nunique() == 2
@@ -164,6 +167,7 @@ def run(
             f"; the service's own logged exposures: {int(logged.sum())}"
             + (f" (inverse-propensity weighted, weights clipped at {MAX_WEIGHT:g})" if logged.any() else "")
             + f"; left out, response window still open: {int((~closed).sum())}"
+            + ("" if keep.all() else f"; exposures of a hash sample of {exp['member_id'].nunique():,} members")
         )
         mlflow.set_tag("data_used", data_used)
         chosen = learner
@@ -182,6 +186,8 @@ def run(
                 "randomised_rows": int((~logged).sum()),
                 "service_logged_rows": int(logged.sum()),
                 "open_window_rows": int((~closed).sum()),
+                "training_members": int(exp["member_id"].nunique()),
+                "training_max_members": settings.training_max_members,
             }
         )
         rows: dict[str, dict] = {}
