@@ -1,16 +1,20 @@
 """Wall time and peak memory of every step of the main job, at growing programme sizes.
 
     python bench/scale_bench.py [--members 10000 100000 1000000] [--data-dir DIR] [--engine local|dask]
+                                [--json OUT] [--include EARLIER.json ...]
 
 Each step runs as its own ``loyalty-ml`` process on the embedded default (simulate, validate,
-features build, apply, materialize, then each training job), so its peak RSS is its own: the
-largest resident set of the process tree, sampled every 0.2 s, and never below the kernel's
-``ru_maxrss`` of the step's main process. Holdout metrics come from the runs the jobs logged.
+features build, apply, materialize, each training job, then the churn scores of every member),
+so its peak RSS is its own: the largest resident set of the process tree, sampled every 0.2 s,
+and never below the kernel's ``ru_maxrss`` of the step's main process. Holdout metrics come
+from the runs the jobs logged.
 
 Prints a table per size and, last,
 ``SUMMARY scale_bench m1_wall_s=A m1_peak_rss_gb=B train_time_growth_10x=C ...``: the wall time
 and peak RSS of the largest size (named ``m1`` when it is 1M members) and the training time at
-the largest size over the size ten times smaller (where both ran).
+the largest size over the size ten times smaller (where both ran). ``--include`` adds the sizes an
+earlier run wrote with ``--json`` (a million members takes an hour: the smaller sizes need not
+wait for it, nor it for them); sizes measured now replace included ones.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[st
         ("features apply", ["features", "apply"]),
         ("materialize", ["features", "materialize"]),
         *[(f"train {job}", ["train", job, *ENGINE_ARGS.get((job, engine), [])]) for job in JOBS],
+        # batch scoring of every member with the champion (the CRM list), on the chosen engine
+        ("score churn", ["score-churn", "--engine", engine, "--out", str(data_dir / "churn_scores.parquet")]),
     ]
     if only:
         steps = [(name, args) for name, args in steps if name in only]
@@ -129,7 +135,7 @@ def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[st
 def bytes_per_member(results: list[dict]) -> dict[str, list[float]]:
     """Per step, the peak memory each added member costs between consecutive sizes."""
     out = {}
-    for name in results[0]["steps"]:
+    for name in common_steps(results):
         out[name] = [
             (b["steps"][name]["peak_rss"] - a["steps"][name]["peak_rss"]) / (b["members"] - a["members"])
             for a, b in zip(results, results[1:], strict=False)
@@ -137,15 +143,35 @@ def bytes_per_member(results: list[dict]) -> dict[str, list[float]]:
     return out
 
 
-def totals(result: dict) -> tuple[float, float, float]:
-    steps = result["steps"]
+def common_steps(results: list[dict]) -> list[str]:
+    """The steps every size ran, in the order of the first."""
+    return [name for name in results[0]["steps"] if all(name in r["steps"] for r in results)]
+
+
+def totals(result: dict, names: list[str] | None = None) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS and training seconds of a size's steps (``names``: only these)."""
+    steps = {n: s for n, s in result["steps"].items() if names is None or n in names}
     wall = sum(s["seconds"] for s in steps.values())
     train = sum(s["seconds"] for n, s in steps.items() if n.startswith("train "))
     return wall, max(s["peak_rss"] for s in steps.values()), train
 
 
 def size_name(members: int) -> str:
-    return f"m{members // 1_000_000}" if members % 1_000_000 == 0 else f"k{members // 1000}"
+    if members % 1_000_000 == 0:
+        return f"m{members // 1_000_000}"
+    return f"k{members // 1000}" if members % 1000 == 0 else f"n{members}"
+
+
+def included(paths: list[Path], measuring: set[int]) -> list[dict]:
+    """The sizes earlier runs measured (their ``--json`` files), less those measured now."""
+    out = {}
+    for path in paths:
+        try:
+            sizes = json.loads(path.read_text())["sizes"]
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"--include {path}: not a scale_bench --json file ({err})") from None
+        out |= {r["members"]: r for r in sizes if r["members"] not in measuring}
+    return list(out.values())
 
 
 def main() -> None:
@@ -159,8 +185,10 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     ap.add_argument("--steps", nargs="+", default=None, help="only these steps (names as in the table)")
+    ap.add_argument("--include", type=Path, nargs="+", default=[], help="sizes measured by earlier --json runs")
     args = ap.parse_args()
 
+    earlier = included(args.include, set(args.members))
     results = []
     for members in sorted(args.members):
         base = args.data_dir or Path(tempfile.mkdtemp(prefix="loyalty-scale-"))
@@ -173,9 +201,10 @@ def main() -> None:
         results.append(run_size(members, data_dir, args.engine, log, args.steps))
         if args.data_dir is None:
             shutil.rmtree(base, ignore_errors=True)
+    results = sorted(results + earlier, key=lambda r: r["members"])
 
     print(f"\n{'step':<16}" + "".join(f"{r['members']:>22,}" for r in results))
-    for name in results[0]["steps"]:
+    for name in common_steps(results):
         cells = "".join(
             f"{r['steps'][name]['seconds']:>11.0f} s {r['steps'][name]['peak_rss'] / 2**30:>6.2f} GB" for r in results
         )
@@ -198,11 +227,13 @@ def main() -> None:
         f"{size_name(largest['members'])}_peak_rss_gb": f"{rss / 2**30:.2f}",
     }
     tenth = [r for r in results if r["members"] * 10 == largest["members"]]
-    if tenth:
-        if train and totals(tenth[0])[2]:  # only where both sizes trained
-            summary["train_time_growth_10x"] = f"{train / totals(tenth[0])[2]:.2f}"
-        summary["wall_growth_10x"] = f"{wall / totals(tenth[0])[0]:.2f}"
-        summary["rss_growth_10x"] = f"{rss / totals(tenth[0])[1]:.2f}"
+    if tenth:  # over the steps both sizes ran
+        names = common_steps([tenth[0], largest])
+        (wall_l, rss_l, train_l), (wall_t, rss_t, train_t) = totals(largest, names), totals(tenth[0], names)
+        if train_l and train_t:  # only where both sizes trained
+            summary["train_time_growth_10x"] = f"{train_l / train_t:.2f}"
+        summary["wall_growth_10x"] = f"{wall_l / wall_t:.2f}"
+        summary["rss_growth_10x"] = f"{rss_l / rss_t:.2f}"
     print("SUMMARY scale_bench " + " ".join(f"{k}={v}" for k, v in summary.items()))
 
 

@@ -189,3 +189,54 @@ def test_feature_build_by_member_partition_equals_the_whole_one_locally_and_on_d
     members = len(pd.read_parquet(settings.curated_dir / "members.parquet"))
     assert len(held) == 3 and sum(len(h.members) for h in held) == members
     assert max(len(h.members) for h in held) <= 1.2 * members / 3  # a hash split: about equal parts
+
+
+def test_a_daily_snapshot_appended_by_partition_equals_the_builds_and_repeats_as_a_no_op(
+    settings, pipeline, tmp_path, monkeypatch
+):
+    """``append_snapshot`` at the build's last snapshot time recomputes the same rows (three
+    member partitions, the tier's start carried from the snapshot before, BG/NBD on the build's
+    sample), a repeat changes nothing, and a new day adds one row per joined member while the
+    earlier rows stay as they were. It never holds more than one partition's history."""
+    import shutil
+
+    from features.sources import SNAPSHOT_TABLES
+    from training.featurize import History, append_snapshot, build_feature_tables
+
+    part = settings.model_copy(update={"data_dir": tmp_path, "feature_partition_members": 1500})
+    shutil.copytree(settings.curated_dir, part.curated_dir)
+    shutil.copy(settings.dataset_dir / "meta.json", part.dataset_dir / "meta.json")
+    build_feature_tables(part, progress=False)
+    key = ["member_id", "event_timestamp"]
+
+    def tables() -> dict[str, pd.DataFrame]:
+        return {
+            name: pd.read_parquet(part.offline_dir / f"{name}.parquet").sort_values(key, ignore_index=True)
+            for name in (*SNAPSHOT_TABLES, "member_consent", "member_realtime")
+        }
+
+    built = tables()
+    last = built["member_rfm"]["event_timestamp"].max()
+    held = []
+    read = History.read.__func__
+    monkeypatch.setattr(History, "read", classmethod(lambda cls, files: held.append(r := read(cls, files)) or r))
+    for _ in range(2):  # the same day twice: the second run must find nothing to change
+        counts = append_snapshot(part, last)
+        for name, df in tables().items():
+            pd.testing.assert_frame_equal(df, built[name], obj=name)
+        assert counts["member_rfm"] == (built["member_rfm"]["event_timestamp"] == last).sum()
+    members = len(pd.read_parquet(part.curated_dir / "members.parquet"))
+    assert len(held) == 6 and max(len(h.members) for h in held) <= 1.2 * members / 3
+
+    nxt = last + pd.Timedelta(days=7)
+    counts = append_snapshot(part, nxt)
+    after = tables()
+    for name in SNAPSHOT_TABLES:
+        new = after[name]["event_timestamp"] == nxt
+        assert new.sum() == counts[name] > 0 and not after[name].loc[new, "member_id"].duplicated().any(), name
+        pd.testing.assert_frame_equal(after[name][~new].reset_index(drop=True), built[name], obj=name)
+    profile = after["member_profile"].set_index(key)
+    # a member whose tier did not change keeps the start carried from the build's snapshots
+    same = profile.xs(nxt, level=1)["tier_level"] == profile.xs(last, level=1)["tier_level"]
+    kept = profile.xs(nxt, level=1)["tier_since_ts"][same] == profile.xs(last, level=1)["tier_since_ts"][same]
+    assert same.any() and kept.all()

@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features.sources import SNAPSHOT_TABLES
-from features.store import OfflineTableWriter, write_offline_table
+from features.store import OfflineTableWriter
+from kernel.constants import EVENT_TIMESTAMP
 from kernel.curated import dataset_cutoff, order_totals, read_meta
 from kernel.settings import Settings
 from models.btyd import MIN_REPEATERS, BuyTillYouDie, rfm_summary
@@ -34,6 +36,7 @@ HIGH_INTERACTION_EVENTS_30D = 1  # health quadrant: opens + clicks in the last 3
 BTYD_HORIZON_DAYS = 90  # the horizon of the buy-till-you-die expectations (field names say 90d)
 BTYD_MAX_FIT_MEMBERS = 20_000  # BG/NBD has 4 parameters: a fixed sample fits them as well as everyone
 NO_PURCHASE_YET = -1.0  # BTYD fields of a member without a purchase before the snapshot
+DUCKDB_MEMORY_LIMIT = "2GB"  # the daily tier carry-over's aggregation spills past it
 
 
 def snapshot_times(
@@ -441,31 +444,65 @@ def _column_min(path: Path, column: str) -> pd.Timestamp:
 
 
 def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
-    """Add the snapshot at ``t`` alone to the offline store (the daily cycle): computed from the
-    history once, appended to each table; the tier's start carries over from each member's latest
-    earlier snapshot. A snapshot already stored at ``t`` is replaced, so a repeat is a no-op.
+    """Add the snapshot at ``t`` alone to the offline store (the daily cycle), member partition by
+    member partition as the build computes them: memory holds one partition's history and the
+    tables' rows one row group at a time, whatever the programme's size or the history's length.
+    Each table is rewritten as its earlier rows (streamed, less any already stamped ``t``: a
+    repeat is a no-op) followed by the new snapshot; the tier's start carries over from each
+    member's latest earlier snapshot; BG/NBD is fitted at ``t`` on the build's member sample.
     Consent and the real-time seed (one row per member, no history) are rewritten."""
     t = pd.Timestamp(t)
-    history = History.load(settings)
     stamp = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    earlier = pd.read_parquet(
-        settings.offline_dir / "member_profile.parquet",
-        columns=["member_id", "event_timestamp", "tier_level", TIER_SINCE],
-        filters=[("event_timestamp", "<", stamp)],
-    )
-    last = earlier.sort_values("event_timestamp").drop_duplicates("member_id", keep="last").set_index("member_id")
-    index = history.members.index
-    last = last.reindex(history.ids).set_axis(index)  # by member number, as the history is
-    tier_prev = last["tier_level"].fillna(0).astype("int64")
-    tier_since = pd.to_datetime(last[TIER_SINCE], unit="s")
-    counts = {}
-    naive = t.tz_localize(None) if t.tzinfo else t
-    for name, df in snapshot(history, naive, tier_prev, tier_since, fit_btyd(history.orders, naive)).items():
-        old = pd.read_parquet(settings.offline_dir / f"{name}.parquet")
-        old = old[old["event_timestamp"] != stamp]
-        write_offline_table(settings, name, pd.concat([old, df], ignore_index=True))
-        counts[name] = len(df)
-    return counts | _write_unversioned(settings, history)
+    naive = stamp.tz_localize(None)
+    files = curated_files(settings)
+    n = partition_count(pq.ParquetFile(files["members"]).metadata.num_rows, settings.feature_partition_members)
+    carried = latest_tiers(settings.offline_dir / "member_profile.parquet", stamp)
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.dataset_dir, prefix=".partitions-") as tmp:
+        if n == 1:
+            partitions = [files]
+        else:
+            split = {table: split_table(files[table], n, Path(tmp)) for table in HISTORY_TABLES}
+            partitions = [{t: split[t][k] for t in HISTORY_TABLES} | {"items": files["items"]} for k in range(n)]
+        fitted = _fit_btyd_sample(partitions, settings.feature_partition_members, [naive])[naive]
+        with contextlib.ExitStack() as stack:
+            writers = {name: stack.enter_context(OfflineTableWriter(settings, name)) for name in OFFLINE_TABLES}
+            for name in SNAPSHOT_TABLES:
+                _copy_earlier_rows(settings.offline_dir / f"{name}.parquet", stamp, writers[name])
+            added = dict.fromkeys(OFFLINE_TABLES, 0)
+            for part in partitions:
+                history = History.read(part)
+                last = carried.reindex(history.ids).set_axis(history.members.index)  # by member number
+                tier_prev = last["tier_level"].fillna(0).astype("int64")
+                tier_since = pd.to_datetime(last[TIER_SINCE], unit="s")
+                tables = snapshot(history, naive, tier_prev, tier_since, fitted) | _unversioned(history)
+                for name, df in tables.items():
+                    writers[name].write(df)
+                    added[name] += len(df)
+    return added
+
+
+def latest_tiers(profile: Path, stamp: pd.Timestamp) -> pd.DataFrame:
+    """Each member's tier level and tier start at their latest snapshot before ``stamp``
+    (indexed by member_id), aggregated by DuckDB over the parquet: one row per member in memory,
+    not every snapshot."""
+    query = f"""
+        SELECT member_id, arg_max(tier_level, event_timestamp) AS tier_level,
+               arg_max({TIER_SINCE}, event_timestamp) AS {TIER_SINCE}
+        FROM read_parquet(?) WHERE event_timestamp < ? GROUP BY member_id"""
+    with duckdb.connect() as con:
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        return con.execute(query, [str(profile), stamp.to_pydatetime()]).df().set_index("member_id")
+
+
+def _copy_earlier_rows(path: Path, stamp: pd.Timestamp, writer: OfflineTableWriter) -> None:
+    """The table's rows not stamped ``stamp``, a row group at a time, into ``writer``."""
+    source = pq.ParquetFile(path)
+    for g in range(source.num_row_groups):
+        df = source.read_row_group(g).to_pandas()
+        df = df[df[EVENT_TIMESTAMP] != stamp]
+        if len(df):
+            writer.write(df)
 
 
 def _unversioned(history: History) -> dict[str, pd.DataFrame]:
@@ -487,11 +524,3 @@ def _unversioned(history: History) -> dict[str, pd.DataFrame]:
         }
     )
     return {"member_consent": consent, "member_realtime": realtime}
-
-
-def _write_unversioned(settings: Settings, history: History) -> dict[str, int]:
-    counts = {}
-    for name, df in _unversioned(history).items():
-        write_offline_table(settings, name, df)
-        counts[name] = len(df)
-    return counts
