@@ -14,7 +14,8 @@ Prints a table per size and, last,
 and peak RSS of the largest size (named ``m1`` when it is 1M members) and the training time at
 the largest size over the size ten times smaller (where both ran). ``--include`` adds the sizes an
 earlier run wrote with ``--json`` (a million members takes an hour: the smaller sizes need not
-wait for it, nor it for them); sizes measured now replace included ones.
+wait for it, nor it for them); steps measured now replace the included ones of the same size
+(``--steps``: rerun some steps of a size and keep the others).
 """
 
 from __future__ import annotations
@@ -162,16 +163,29 @@ def size_name(members: int) -> str:
     return f"k{members // 1000}" if members % 1000 == 0 else f"n{members}"
 
 
-def included(paths: list[Path], measuring: set[int]) -> list[dict]:
-    """The sizes earlier runs measured (their ``--json`` files), less those measured now."""
-    out = {}
+def included(paths: list[Path]) -> dict[int, dict]:
+    """The sizes earlier runs measured (their ``--json`` files), by member count; a later file's
+    steps replace an earlier one's."""
+    out: dict[int, dict] = {}
     for path in paths:
         try:
             sizes = json.loads(path.read_text())["sizes"]
         except (OSError, ValueError, KeyError) as err:
             raise SystemExit(f"--include {path}: not a scale_bench --json file ({err})") from None
-        out |= {r["members"]: r for r in sizes if r["members"] not in measuring}
-    return list(out.values())
+        for r in sizes:
+            out[r["members"]] = merged(out.get(r["members"]), r)
+    return out
+
+
+def merged(earlier: dict | None, now: dict) -> dict:
+    """``now``'s steps over ``earlier``'s (same size); metrics from ``now`` where it trained."""
+    if earlier is None:
+        return now
+    return {
+        "members": now["members"],
+        "steps": earlier["steps"] | now["steps"],
+        "metrics": earlier["metrics"] | now["metrics"],
+    }
 
 
 def main() -> None:
@@ -188,7 +202,7 @@ def main() -> None:
     ap.add_argument("--include", type=Path, nargs="+", default=[], help="sizes measured by earlier --json runs")
     args = ap.parse_args()
 
-    earlier = included(args.include, set(args.members))
+    earlier = included(args.include)
     results = []
     for members in sorted(args.members):
         base = args.data_dir or Path(tempfile.mkdtemp(prefix="loyalty-scale-"))
@@ -201,7 +215,9 @@ def main() -> None:
         results.append(run_size(members, data_dir, args.engine, log, args.steps))
         if args.data_dir is None:
             shutil.rmtree(base, ignore_errors=True)
-    results = sorted(results + earlier, key=lambda r: r["members"])
+    for r in results:
+        earlier[r["members"]] = merged(earlier.get(r["members"]), r)
+    results = sorted(earlier.values(), key=lambda r: r["members"])
 
     print(f"\n{'step':<16}" + "".join(f"{r['members']:>22,}" for r in results))
     for name in common_steps(results):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from models.cf import BuyAgainRecommender, CFRecommender, PopularityRecommender, interaction_weights
+from models.cf import BuyAgainRecommender, CFRecommender, PopularityRecommender, PurchasePairs
 
 CANDIDATES = 50  # per generator and member
 RANKER = {
@@ -84,10 +84,12 @@ class TwoStageRecommender:
         """Fit every generator and the member x item statistics on ``lines`` (member_id, item_id,
         quantity, ts) before ``as_of``."""
         as_of = pd.Timestamp(as_of)
-        lines = lines[lines["ts"] < as_of]
+        if len(lines) and lines["ts"].max() >= as_of:  # a copy only where lines reach past as_of
+            lines = lines[lines["ts"] < as_of]
+        pairs = PurchasePairs(lines)  # every generator's weights from one pass over the lines
 
         def weights(params: dict) -> pd.DataFrame:
-            return interaction_weights(lines, as_of, params.get("half_life_days", BUY_AGAIN_HALF_LIFE_DAYS))
+            return pairs.weights(as_of, params.get("half_life_days", BUY_AGAIN_HALF_LIFE_DAYS))
 
         def cf(algorithm: str, params: dict) -> CFRecommender:
             rest = {k: v for k, v in params.items() if k != "half_life_days"}
@@ -102,33 +104,35 @@ class TwoStageRecommender:
         }
         base = self.generators_["buy_again"]
         self.items_, self.item_index_, self.member_index_ = base.items_, base.item_index_, base.member_index_
-        self._fit_statistics(lines, as_of, item_category)
+        self._fit_statistics(pairs, as_of, item_category)
         return self
 
-    def _fit_statistics(self, lines: pd.DataFrame, as_of: pd.Timestamp, item_category: pd.Series) -> None:
-        rows = lines["member_id"].map(self.member_index_).to_numpy()
-        cols = lines["item_id"].map(self.item_index_).to_numpy()
+    def _fit_statistics(self, pairs: PurchasePairs, as_of: pd.Timestamp, item_category: pd.Series) -> None:
+        """Per (member, item) pair: days since last bought and times bought; per member: category
+        shares, items bought, days idle; per item: recent buyers and trend. From the pairs, not
+        the lines: a million members' 57M lines would be held several times over."""
+        rows = pd.Series(pairs.member_id).map(self.member_index_).to_numpy(dtype=np.int64)
+        cols = pd.Series(pairs.item_id).map(self.item_index_).to_numpy(dtype=np.int64)
         shape = (len(self.member_index_), len(self.items_))
-        age = ((as_of - lines["ts"]).dt.total_seconds() / 86400).to_numpy()
-        pairs = pd.DataFrame({"r": rows, "c": cols, "age": age})
-        g = pairs.groupby(["r", "c"])["age"].agg(["min", "size"]).reset_index()
+        age = pd.Series(pairs.age_days(as_of))
+        youngest = age.groupby(pairs.inverse_).min().to_numpy()  # per pair, in pair order
+        times = np.bincount(pairs.inverse_, minlength=len(pairs)).astype(float)
+        del age
         # stored as 1 + days so that "bought today" is not an empty cell
-        self.last_bought_ = sp.csr_matrix((g["min"].to_numpy() + 1.0, (g["r"], g["c"])), shape=shape)
-        self.times_bought_ = sp.csr_matrix((g["size"].to_numpy(dtype=float), (g["r"], g["c"])), shape=shape)
+        self.last_bought_ = sp.csr_matrix((youngest + 1.0, (rows, cols)), shape=shape)
+        self.times_bought_ = sp.csr_matrix((times, (rows, cols)), shape=shape)
         cats = item_category.reindex(self.items_).fillna("UNKNOWN").astype(str)
         self.categories_, self.item_cat_ = np.unique(cats.to_numpy(), return_inverse=True)
-        by_cat = sp.csr_matrix(
-            (np.ones(len(rows)), (rows, self.item_cat_[cols])), shape=(shape[0], len(self.categories_))
-        )
+        by_cat = sp.csr_matrix((times, (rows, self.item_cat_[cols])), shape=(shape[0], len(self.categories_)))
         totals = np.asarray(by_cat.sum(axis=1)).ravel()
         self.cat_share_ = sp.diags(1.0 / np.maximum(totals, 1.0)) @ by_cat
         self.member_items_ = np.asarray((self.times_bought_ > 0).sum(axis=1)).ravel().astype(float)
-        idle = pairs.groupby("r")["age"].min()
         self.member_idle_ = np.full(shape[0], NEVER)
+        idle = pd.Series(youngest).groupby(rows).min()
         self.member_idle_[idle.index.to_numpy()] = idle.to_numpy()
         # buyers of each item: members whose latest purchase of it is within the period
-        self.item_buyers_ = np.bincount(g.loc[g["min"] < 90, "c"], minlength=shape[1]).astype(float)
-        last = np.bincount(g.loc[g["min"] < TREND_DAYS, "c"], minlength=shape[1])
+        self.item_buyers_ = np.bincount(cols[youngest < 90], minlength=shape[1]).astype(float)
+        last = np.bincount(cols[youngest < TREND_DAYS], minlength=shape[1])
         self.item_trend_ = (last + 1.0) / ((self.item_buyers_ - last) / 2.0 + 1.0)
 
     def _candidates(self, members: list, exclude_owned: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,17 +27,19 @@ LEDGER_FEATURES = [
 
 def ledger_features(ledger: pd.DataFrame, known_order_ids: pd.Index, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
     """One row per member: how much, how fast and against what the member's points were credited."""
-    led = ledger if as_of is None else ledger[ledger["ts"] < as_of]
-    led = led.sort_values(["member_id", "ts"], kind="stable")
-    members = pd.Index(led["member_id"].unique(), name="member_id")
+    # no copy of the whole ledger (25M rows at a million members): masks, and copies of the
+    # adjustments and burns only
+    led = ledger if as_of is None or not (ledger["ts"] >= as_of).any() else ledger[ledger["ts"] < as_of]
+    members = pd.Index(np.sort(led["member_id"].unique()), name="member_id")
     out = pd.DataFrame(index=members)
-    adj = led[led["kind"] == "adjust"]
-    earn = led[led["kind"] == "earn"]
+    kind = led["kind"]
+    adj = led[(kind == "adjust").to_numpy()].sort_values(["member_id", "ts"], kind="stable")
     g_adj = adj.groupby("member_id")["points"]
     out["adjust_events"] = g_adj.size().reindex(members).fillna(0)
     out["adjust_points"] = g_adj.sum().reindex(members).fillna(0)
-    out["earn_events"] = earn.groupby("member_id").size().reindex(members).fillna(0)
-    out["earn_points"] = earn.groupby("member_id")["points"].sum().reindex(members).fillna(0)
+    earned = led["points"].where((kind == "earn").to_numpy()).groupby(led["member_id"]).agg(["count", "sum"])
+    out["earn_events"] = earned["count"].reindex(members).fillna(0)
+    out["earn_points"] = earned["sum"].reindex(members).fillna(0)
     out["adjust_share"] = out["adjust_points"] / (out["adjust_points"] + out["earn_points"]).replace(0, np.nan)
     unmatched = adj["order_id"].notna() & ~adj["order_id"].isin(known_order_ids)
     out["unmatched_order_adjusts"] = adj[unmatched].groupby("member_id").size().reindex(members).fillna(0)
@@ -47,7 +49,7 @@ def ledger_features(ledger: pd.DataFrame, known_order_ids: pd.Index, as_of: pd.T
         out["max_adjusts_48h"] = roll.count().groupby(level=0).max().reindex(members).fillna(0)
         out["max_points_48h"] = roll.sum().groupby(level=0).max().reindex(members).fillna(0)
         last_adj = adj.groupby("member_id")["ts"].max()
-        burn = led[led["kind"] == "burn"].assign(last_adj=lambda d: d["member_id"].map(last_adj))
+        burn = led[(kind == "burn").to_numpy()].assign(last_adj=lambda d: d["member_id"].map(last_adj))
         quick = burn[(burn["ts"] >= burn["last_adj"]) & (burn["ts"] <= burn["last_adj"] + pd.Timedelta(days=7))]
         out["burn_after_adjust_7d"] = (-quick.groupby("member_id")["points"].sum()).reindex(members).fillna(0)
     else:

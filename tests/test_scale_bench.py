@@ -31,18 +31,22 @@ def _size(members: int, seconds: float, rss_gb: float, steps=("data", "train fra
 
 
 @pytest.mark.unit
-def test_included_sizes_join_the_table_and_sizes_measured_now_replace_them(tmp_path):
+def test_included_sizes_join_the_table_and_steps_measured_now_replace_theirs(tmp_path):
     bench = _bench()
     earlier = tmp_path / "m1.json"
     earlier.write_text(json.dumps({"sizes": [_size(1_000_000, 100.0, 4.0), _size(100_000, 50.0, 2.0)]}))
-    kept = bench.included([earlier], measuring={100_000})
-    assert [r["members"] for r in kept] == [1_000_000]  # 100k is measured again now
+    sizes = bench.included([earlier])
+    assert sorted(sizes) == [100_000, 1_000_000]
+    rerun = _size(1_000_000, 30.0, 3.0, steps=("train fraud",))  # one step of 1M measured again
+    both = bench.merged(sizes[1_000_000], rerun)
+    assert both["steps"]["data"]["seconds"] == 100.0 and both["steps"]["train fraud"]["seconds"] == 30.0
+    assert bench.totals(both) == (130.0, 4.0 * 2**30, 30.0)
     assert bench.common_steps([_size(10, 1, 1), _size(100, 1, 1, steps=("data",))]) == ["data"]
     assert [bench.size_name(n) for n in (1_000_000, 100_000, 500)] == ["m1", "k100", "n500"]
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="bad.json"):
-        bench.included([bad], measuring=set())
+        bench.included([bad])
 
 
 def test_scale_bench_measures_every_step_at_two_sizes(tmp_path):

@@ -379,3 +379,29 @@ def test_order_totals_and_adjusted_orders_are_read_from_parquet_as_pandas_would_
     )
     ledger.to_parquet(settings.curated_dir / "points_ledger.parquet", index=False)
     assert known_adjusted_orders(settings).tolist() == ["O1", "O3"]  # named by an adjustment and sold
+
+
+@pytest.mark.unit
+def test_the_sampled_members_orders_are_filtered_inside_duckdb_as_the_pandas_sample_keeps_them(tmp_path):
+    from kernel.curated import order_totals
+    from kernel.settings import Settings
+    from training.datasets import orders, sampled_members
+
+    settings = Settings(data_dir=tmp_path, dataset="shop", seed=11)
+    settings.curated_dir.mkdir(parents=True)
+    n = 4_000
+    lines = pd.DataFrame(
+        {
+            "member_id": np.repeat([f"M{i:05d}" for i in range(n)], 3),
+            "order_id": [f"O{i // 2:06d}" for i in range(3 * n)],  # a member's orders of one or two lines
+            "amount": np.arange(3 * n, dtype=float),
+            "ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(3 * n), unit="min"),
+        }
+    )
+    lines.to_parquet(settings.curated_dir / "transactions.parquet", index=False)
+    every = order_totals(lines).reset_index(drop=True)
+    expected = every[sampled_members(every["member_id"], 1_000, settings.seed)].reset_index(drop=True)
+    sampled = orders(settings, max_members=1_000)
+    assert 900 <= sampled["member_id"].nunique() <= 1_100
+    pd.testing.assert_frame_equal(sampled, expected)
+    pd.testing.assert_frame_equal(orders(settings, max_members=n), every)  # the cap above the programme: all

@@ -94,18 +94,27 @@ def training_times(ctx: TrainingContext, n: int) -> list[pd.Timestamp]:
     return sorted(times)
 
 
-def orders(settings: Settings) -> pd.DataFrame:
+def orders(settings: Settings, max_members: int | None = None) -> pd.DataFrame:
     """One row per (member, order), as :func:`kernel.curated.order_totals` gives, aggregated by
     DuckDB straight from the curated parquet: pandas would hold every line of every column
-    (58M lines at a million members) before grouping them."""
+    (58M lines at a million members) before grouping them. ``max_members``: only the orders of
+    :func:`sampled_members`' members (the same members it keeps from every member with an
+    order), filtered inside DuckDB, so the programme's other orders never reach pandas."""
     path = settings.curated_dir / "transactions.parquet"
     if not path.exists():
         return order_totals(load_curated(settings, "transactions"))  # its error names the step to run
+    valid = "member_id IS NOT NULL AND order_id IS NOT NULL"  # pandas' groupby leaves them out
     with duckdb.connect() as con:
         con.execute(f"SET memory_limit = '{ORDERS_MEMORY_LIMIT}'")
+        where = valid
+        if max_members is not None:
+            ids = con.execute(f"SELECT DISTINCT member_id FROM read_parquet(?) WHERE {valid}", [str(path)]).df()
+            keep = sampled_members(ids["member_id"], max_members, settings.seed)
+            if not keep.all():
+                con.register("sampled", ids[keep])
+                where += " AND member_id IN (SELECT member_id FROM sampled)"
         return con.execute(
-            "SELECT member_id, order_id, min(ts) AS ts, sum(amount) AS amount FROM read_parquet(?) "
-            "WHERE member_id IS NOT NULL AND order_id IS NOT NULL "  # pandas' groupby leaves them out
+            f"SELECT member_id, order_id, min(ts) AS ts, sum(amount) AS amount FROM read_parquet(?) WHERE {where} "
             "GROUP BY member_id, order_id ORDER BY member_id, order_id",
             [str(path)],
         ).df()
@@ -160,11 +169,10 @@ def cutoff_labels(
     ctx: TrainingContext, n_snapshots: int, order_table: pd.DataFrame | None = None
 ) -> tuple[list[pd.Timestamp], pd.DataFrame, pd.DataFrame]:
     """Training cutoffs, their label frames and the holdout label frame at the cutoff (churn and value),
-    each for at most ``training_max_members`` sampled members (``order_table``: :func:`orders`, when
-    the caller has it already)."""
-    order_table = orders(ctx.settings) if order_table is None else order_table
-    keep = sampled_members(order_table["member_id"], ctx.settings.training_max_members, ctx.settings.seed)
-    order_table = order_table[keep] if not keep.all() else order_table
+    each for at most ``training_max_members`` sampled members (``order_table``: their orders,
+    ``orders(settings, settings.training_max_members)``, when the caller has them already)."""
+    if order_table is None:
+        order_table = orders(ctx.settings, ctx.settings.training_max_members)
     times = training_times(ctx, n_snapshots)
     return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
 

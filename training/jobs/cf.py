@@ -290,6 +290,7 @@ def run(
         if not keep.all():  # the chosen one again on every member, scored on the same test members
             started = time.perf_counter()
             fit_all = everyone[everyone["ts"] < ctx.cutoff]
+            del everyone  # its lines after the cutoff are not needed again: one copy of the history at a time
             everyone_segments = _segments(ctx, fit_all["member_id"].unique())
             model = refit_everyone(chosen, best[chosen], fit_all, ctx, items, everyone_segments)
             metrics = evaluate(model, test_members, owned_test, future_test, len(items)) | {

@@ -44,7 +44,7 @@ def run(
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
-    order_table = orders(settings)
+    order_table = orders(settings, settings.training_max_members)  # the sampled members' orders
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
     require_repeat_buyers(train_labels, settings.label_window_days, "training snapshots")
     require_repeat_buyers(test_labels, settings.label_window_days, "holdout window")

@@ -27,7 +27,7 @@ def score_holdout(model: CLVModel, holdout: pd.DataFrame) -> float:
 
 def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, register_model: bool = True) -> JobResult:
     ctx = context(settings)
-    order_table = orders(settings)
+    order_table = orders(settings, settings.training_max_members)  # the sampled members' orders
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
     require_repeat_buyers(train_labels, settings.label_window_days, "training snapshots", need_churners=False)
     require_repeat_buyers(test_labels, settings.label_window_days, "holdout window", need_churners=False)
