@@ -157,12 +157,6 @@ class OfflineTableWriter:
             self._engine.dispose()
 
 
-def write_offline_table(settings: Settings, name: str, df: pd.DataFrame) -> None:
-    """One snapshot table written whole (see :class:`OfflineTableWriter`)."""
-    with OfflineTableWriter(settings, name) as writer:
-        writer.write(df)
-
-
 def get_store(settings: Settings, serving: bool = False) -> FeatureStore:
     return FeatureStore(config=repo_config(settings, serving), repo_path=str(settings.feature_repo_dir))
 
