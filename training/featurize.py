@@ -365,26 +365,38 @@ def build_feature_tables(settings: Settings, progress: bool = True, engine: str 
     meta = read_meta(settings)
     end = pd.Timestamp(meta["end"])
     files = curated_files(settings)
-    n = partition_count(pq.ParquetFile(files["members"]).metadata.num_rows, settings.feature_partition_members)
-    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.dataset_dir, prefix=".partitions-") as tmp:
-        if n == 1:
-            partitions = [files]
-        else:
-            split = {table: split_table(files[table], n, Path(tmp)) for table in HISTORY_TABLES}
-            partitions = [{t: split[t][k] for t in HISTORY_TABLES} | {"items": files["items"]} for k in range(n)]
+    with member_partitions(settings, files) as (partitions, scratch):
         start = min(_column_min(files["transactions"], "ts"), _column_min(files["members"], "join_date"))
         times = snapshot_times(start, end, settings.snapshot_every_days, anchor=dataset_cutoff(meta, settings))
         fits = _fit_btyd_sample(partitions, settings.feature_partition_members, times)
         with contextlib.ExitStack() as stack:
             writers = {name: stack.enter_context(OfflineTableWriter(settings, name)) for name in OFFLINE_TABLES}
-            bar = tqdm(total=n, desc="feature partitions", unit="partition", disable=None if progress else True)
-            for tables in _built(partitions, times, fits, settings, engine, Path(tmp)):
+            bar = tqdm(
+                total=len(partitions), desc="feature partitions", unit="partition", disable=None if progress else True
+            )
+            for tables in _built(partitions, times, fits, settings, engine, scratch):
                 for name, df in tables.items():
                     writers[name].write(df)
                 bar.update()
             bar.close()
     return {name: w.rows for name, w in writers.items()}
+
+
+@contextlib.contextmanager
+def member_partitions(settings: Settings, files: dict[str, Path]) -> Iterator[tuple[list[dict], Path]]:
+    """The curated history split by a hash of the member id into about
+    ``feature_partition_members`` members each (one partition: the files themselves), as files
+    by table per partition in a scratch directory beside the data, removed on exit; yields the
+    partitions and the scratch directory."""
+    n = partition_count(pq.ParquetFile(files["members"]).metadata.num_rows, settings.feature_partition_members)
+    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.dataset_dir, prefix=".partitions-") as tmp:
+        scratch = Path(tmp)
+        if n == 1:
+            yield [files], scratch
+            return
+        split = {table: split_table(files[table], n, scratch) for table in HISTORY_TABLES}
+        yield [{t: split[t][k] for t in HISTORY_TABLES} | {"items": files["items"]} for k in range(n)], scratch
 
 
 def _built(
@@ -454,16 +466,8 @@ def append_snapshot(settings: Settings, t: pd.Timestamp) -> dict[str, int]:
     t = pd.Timestamp(t)
     stamp = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     naive = stamp.tz_localize(None)
-    files = curated_files(settings)
-    n = partition_count(pq.ParquetFile(files["members"]).metadata.num_rows, settings.feature_partition_members)
     carried = latest_tiers(settings.offline_dir / "member_profile.parquet", stamp)
-    settings.dataset_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.dataset_dir, prefix=".partitions-") as tmp:
-        if n == 1:
-            partitions = [files]
-        else:
-            split = {table: split_table(files[table], n, Path(tmp)) for table in HISTORY_TABLES}
-            partitions = [{t: split[t][k] for t in HISTORY_TABLES} | {"items": files["items"]} for k in range(n)]
+    with member_partitions(settings, curated_files(settings)) as (partitions, _):
         fitted = _fit_btyd_sample(partitions, settings.feature_partition_members, [naive])[naive]
         with contextlib.ExitStack() as stack:
             writers = {name: stack.enter_context(OfflineTableWriter(settings, name)) for name in OFFLINE_TABLES}
