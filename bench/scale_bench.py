@@ -15,7 +15,8 @@ and peak RSS of the largest size (named ``m1`` when it is 1M members) and the tr
 the largest size over the size ten times smaller (where both ran). ``--include`` adds the sizes an
 earlier run wrote with ``--json`` (a million members takes an hour: the smaller sizes need not
 wait for it, nor it for them); steps measured now replace the included ones of the same size
-(``--steps``: rerun some steps of a size and keep the others).
+(``--steps``: rerun some steps of a size and keep the others). ``--steps demo`` times
+``loyalty-ml demo --members N`` instead: the whole main job as one command, serving included.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[st
         # batch scoring of every member with the champion (the CRM list), on the chosen engine
         ("score churn", ["score-churn", "--engine", engine, "--out", str(data_dir / "churn_scores.parquet")]),
     ]
+    if only and "demo" in only:  # the main job as the one command a user runs (its steps in child processes)
+        steps.append(("demo", ["demo", "--members", str(members)]))
     if only:
         steps = [(name, args) for name, args in steps if name in only]
     rows = {}
@@ -129,7 +132,7 @@ def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[st
         print(f"  {members:>9,} {name:<15} {row['seconds']:8.1f} s {row['peak_rss'] / 2**30:6.2f} GB rc={row['rc']}")
         if row["rc"] != 0:
             raise SystemExit(f"step {name!r} at {members} members failed (exit {row['rc']}); see {log}")
-    trained = any(name.startswith("train ") for name in rows)
+    trained = any(name.startswith("train ") or name == "demo" for name in rows)
     return {"members": members, "steps": rows, "metrics": holdout_metrics(data_dir) if trained else {}}
 
 
@@ -207,7 +210,7 @@ def main() -> None:
     for members in sorted(args.members):
         base = args.data_dir or Path(tempfile.mkdtemp(prefix="loyalty-scale-"))
         data_dir = base / f"members-{members}"
-        if args.steps is None or "data" in args.steps:  # a new world; other steps reuse the one there
+        if args.steps is None or {"data", "demo"} & set(args.steps):  # a new world; others reuse the one there
             shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir.parent / f"scale-{members}.log"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,17 +15,10 @@ from cli.common import console, fail, settings_of
 from cli.daily import daily
 from cli.data import (
     data_app,
-    data_load,
-    data_simulate,
-    data_validate,
     features_app,
-    features_apply,
-    features_build,
-    features_materialize,
     features_show,
 )
-from cli.train import _train, evaluate_app, models_app, models_list, show_campaign_evaluation, train_app
-from kernel.constants import JOB_NAMES
+from cli.train import evaluate_app, models_app, models_list, show_campaign_evaluation, train_app
 from kernel.settings import Profile, Settings, settings_error
 
 app = typer.Typer(help="Loyalty decision service: data, features, training, serving.", no_args_is_help=True)
@@ -61,28 +57,48 @@ def _demo_campaigns(ctx: typer.Context) -> None:
     show_campaign_evaluation(ctx, None, ("tier",), ("offer",))
 
 
+def _own_process(settings: Settings, *args: str) -> None:
+    """``loyalty-ml ARGS`` as a child process with these settings, stopping the demo where it fails.
+
+    Why a process per heavy step: at a million members each step peaks at up to 10 GB, and what
+    the allocators keep after one step (Arrow, DuckDB, glibc arenas) would add to the next in one
+    process; a child gives all of it back, so the demo's peak is its largest step's."""
+    env = os.environ | settings.to_env()
+    rc = subprocess.call([sys.executable, "-m", "cli", *args], env=env)
+    if rc:
+        console.print(f"[red]stopped:[/red] `loyalty-ml {' '.join(args)}` exited {rc}")
+        raise typer.Exit(code=rc)
+
+
 @app.command("demo")
 def demo(
     ctx: typer.Context,
     members: int = typer.Option(10_000, min=100),
     port: int = typer.Option(3000, help="port of the demo service"),
 ) -> None:
-    """Run the main job end to end on the active profile (simulated data unless --dataset)."""
+    """Run the main job end to end on the active profile (simulated data unless --dataset).
+
+    The data, feature and training steps run as the ``loyalty-ml`` commands they are, each in
+    its own process; the light steps after them run here."""
     timings = {}
     started = time.perf_counter()
-    simulated = settings_of(ctx).dataset == "simulated"
+    settings = settings_of(ctx)
+    if settings.dataset == "simulated":
+        data = ("data", "simulate", "--members", str(members))
+    else:
+        data = ("data", "load")
     asked: list[str] = []  # the member the demo asked the service about
     steps = [
-        ("data", lambda: data_simulate(ctx, members, None, None) if simulated else data_load(ctx)),
-        ("validate", lambda: data_validate(ctx)),
-        ("features build", lambda: features_build(ctx)),
-        ("features apply", lambda: features_apply(ctx)),
-        ("materialize", lambda: features_materialize(ctx)),
+        ("data", lambda: _own_process(settings, *data)),
+        ("validate", lambda: _own_process(settings, "data", "validate")),
+        ("features build", lambda: _own_process(settings, "features", "build")),
+        ("features apply", lambda: _own_process(settings, "features", "apply")),
+        ("materialize", lambda: _own_process(settings, "features", "materialize")),
         ("online read", lambda: features_show(ctx, 3, None)),
-        ("train", lambda: _train(settings_of(ctx), list(JOB_NAMES))),
+        ("train", lambda: _own_process(settings, "train", "all")),
         ("models", lambda: models_list(ctx)),
         ("campaigns", lambda: _demo_campaigns(ctx)),
-        ("serve + query", lambda: asked.append(serve_cmds.serve_and_query(settings_of(ctx), port))),
+        ("serve + query", lambda: asked.append(serve_cmds.serve_and_query(settings, port))),
     ]
     for name, step in steps:
         console.rule(name)
@@ -92,7 +108,7 @@ def demo(
     console.rule("done")
     console.print({"seconds": timings, "total": round(time.perf_counter() - started, 1)})
     console.rule("next steps")
-    console.print(serve_cmds.next_steps(settings_of(ctx), asked[0], port), soft_wrap=True, highlight=False)
+    console.print(serve_cmds.next_steps(settings, asked[0], port), soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

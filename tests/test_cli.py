@@ -30,3 +30,21 @@ def test_cli_features_show_reads_the_online_store(settings, pipeline):
     out = _cli("features", "show", "--n", "2", env_dir=settings.data_dir)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "days_since_last_purchase" in out.stdout and "health_quadrant" in out.stdout
+
+
+def test_a_demo_step_runs_in_its_own_process_with_the_demos_settings_and_stops_the_demo_where_it_fails(
+    tmp_path, capfd
+):
+    import pytest
+    import typer
+
+    from cli.main import _own_process
+    from kernel.settings import Settings
+
+    settings = Settings(dataset="simulated", data_dir=tmp_path / "elsewhere")  # not what the environment says
+    with pytest.raises(typer.Exit) as stopped:
+        _own_process(settings, "data", "validate")  # nothing simulated there: the step exits 2
+    out = capfd.readouterr().out
+    assert stopped.value.exit_code == 2
+    assert str(tmp_path / "elsewhere" / "simulated") in out  # the child saw the demo's settings
+    assert "stopped: `loyalty-ml data validate` exited 2" in out
