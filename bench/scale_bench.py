@@ -1,6 +1,6 @@
 """Wall time and peak memory of every step of the main job, at growing programme sizes.
 
-    python bench/scale_bench.py [--members 10000 100000 1000000] [--data-dir DIR] [--engine local|dask]
+    python bench/scale_bench.py [--members 10000 100000 1000000] [--data-dir DIR] [--engine local [dask]]
                                 [--json OUT] [--include EARLIER.json ...]
 
 Each step runs as its own ``loyalty-ml`` process on the embedded default (simulate, validate,
@@ -17,6 +17,10 @@ earlier run wrote with ``--json`` (a million members takes an hour: the smaller 
 wait for it, nor it for them); steps measured now replace the included ones of the same size
 (``--steps``: rerun some steps of a size and keep the others). ``--steps demo`` times
 ``loyalty-ml demo --members N`` instead: the whole main job as one command, serving included.
+``--engine local dask`` runs the steps that take an engine (feature build, churn training, the
+churn list) on each, one after the other on the same world: the Dask rows are named
+``STEP [dask]`` and the summary adds ``dask_over_local_wall`` (their time over the same steps'
+in process) and ``dask_peak_rss_gb``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("cf", "churn", "clv", "uplift", "fraud")
 ENGINE_ARGS = {("churn", "dask"): ["--engine", "dask"]}  # the steps that take an engine
+ENGINE_STEPS = ("features build", "train churn", "score churn")
 PRIMARY = {"cf": "ndcg_at_10", "churn": "roc_auc", "clv": "spearman", "uplift": "qini", "fraud": "recall"}
 
 
@@ -109,7 +114,11 @@ def holdout_metrics(data_dir: Path) -> dict[str, float]:
     return out
 
 
-def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[str] | None = None) -> dict:
+def run_size(
+    members: int, data_dir: Path, engine: str, log: Path, only: list[str] | None = None, apart: bool = False
+) -> dict:
+    """Every step (or ``only`` these) at one size; ``apart``: a second engine, whose steps
+    (those it changes) are named ``STEP [engine]``."""
     env = os.environ | {"LOYALTY_DATA_DIR": str(data_dir), "LOYALTY_DATASET": "simulated"}
     steps = [
         ("data", ["data", "simulate", "--members", str(members)]),
@@ -125,11 +134,13 @@ def run_size(members: int, data_dir: Path, engine: str, log: Path, only: list[st
         steps.append(("demo", ["demo", "--members", str(members)]))
     if only:
         steps = [(name, args) for name, args in steps if name in only]
+    if apart:
+        steps = [(f"{name} [{engine}]", args) for name, args in steps if name in ENGINE_STEPS]
     rows = {}
     for name, args in steps:
         row = run_step(args, env, log)
         rows[name] = row
-        print(f"  {members:>9,} {name:<15} {row['seconds']:8.1f} s {row['peak_rss'] / 2**30:6.2f} GB rc={row['rc']}")
+        print(f"  {members:>9,} {name:<22} {row['seconds']:8.1f} s {row['peak_rss'] / 2**30:6.2f} GB rc={row['rc']}")
         if row["rc"] != 0:
             raise SystemExit(f"step {name!r} at {members} members failed (exit {row['rc']}); see {log}")
     trained = any(name.startswith("train ") or name == "demo" for name in rows)
@@ -158,6 +169,19 @@ def totals(result: dict, names: list[str] | None = None) -> tuple[float, float, 
     wall = sum(s["seconds"] for s in steps.values())
     train = sum(s["seconds"] for n, s in steps.items() if n.startswith("train "))
     return wall, max(s["peak_rss"] for s in steps.values()), train
+
+
+def engine_ratio(result: dict, engine_rows: list[str]) -> dict[str, str]:
+    """Another engine's time over the same steps' in process, and its peak (the process tree:
+    client, scheduler and workers), where a size ran both."""
+    pairs = [(row, row.rsplit(" [", 1)[0]) for row in engine_rows if row.rsplit(" [", 1)[0] in result["steps"]]
+    if not pairs:
+        return {}
+    engine = pairs[0][0].rsplit(" [", 1)[1].rstrip("]")
+    other = sum(result["steps"][row]["seconds"] for row, _ in pairs)
+    local = sum(result["steps"][name]["seconds"] for _, name in pairs)
+    peak = max(result["steps"][row]["peak_rss"] for row, _ in pairs)
+    return {f"{engine}_over_local_wall": f"{other / local:.2f}", f"{engine}_peak_rss_gb": f"{peak / 2**30:.2f}"}
 
 
 def size_name(members: int) -> str:
@@ -197,13 +221,17 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory per size")
     ap.add_argument(
         "--engine",
-        default="local",
-        help="local, or dask for the steps that run on it (a LocalCluster unless LOYALTY_DASK_SCHEDULER)",
+        nargs="+",
+        default=["local"],
+        choices=["local", "dask"],
+        help="local and/or dask for the steps that run on it (a LocalCluster unless LOYALTY_DASK_SCHEDULER)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     ap.add_argument("--steps", nargs="+", default=None, help="only these steps (names as in the table)")
     ap.add_argument("--include", type=Path, nargs="+", default=[], help="sizes measured by earlier --json runs")
     args = ap.parse_args()
+    if len(set(args.engine)) != len(args.engine) or args.engine[0] != "local" and len(args.engine) > 1:
+        ap.error("--engine: one engine, or local then dask (the second is compared with the first)")
 
     earlier = included(args.include)
     results = []
@@ -215,19 +243,23 @@ def main() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir.parent / f"scale-{members}.log"
         print(f"{members:,} members (log {log})", flush=True)
-        results.append(run_size(members, data_dir, args.engine, log, args.steps))
+        size = None
+        for engine in args.engine:
+            apart = engine != args.engine[0]
+            size = merged(size, run_size(members, data_dir, engine, log, args.steps, apart))
+        results.append(size)
         if args.data_dir is None:
             shutil.rmtree(base, ignore_errors=True)
     for r in results:
         earlier[r["members"]] = merged(earlier.get(r["members"]), r)
     results = sorted(earlier.values(), key=lambda r: r["members"])
 
-    print(f"\n{'step':<16}" + "".join(f"{r['members']:>22,}" for r in results))
+    print(f"\n{'step':<23}" + "".join(f"{r['members']:>22,}" for r in results))
     for name in common_steps(results):
         cells = "".join(
             f"{r['steps'][name]['seconds']:>11.0f} s {r['steps'][name]['peak_rss'] / 2**30:>6.2f} GB" for r in results
         )
-        print(f"{name:<16}{cells}")
+        print(f"{name:<23}{cells}")
     for job in JOBS:
         print(
             f"{job + ' ' + PRIMARY[job]:<28}"
@@ -240,7 +272,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"sizes": results, "bytes_per_member": per_member}, indent=2))
 
     largest = results[-1]
-    wall, rss, train = totals(largest)
+    engine_rows = [n for n in largest["steps"] if n.endswith("]")]
+    wall, rss, train = totals(largest, [n for n in largest["steps"] if n not in engine_rows])
     summary = {
         f"{size_name(largest['members'])}_wall_s": f"{wall:.0f}",
         f"{size_name(largest['members'])}_peak_rss_gb": f"{rss / 2**30:.2f}",
@@ -253,6 +286,8 @@ def main() -> None:
             summary["train_time_growth_10x"] = f"{train_l / train_t:.2f}"
         summary["wall_growth_10x"] = f"{wall_l / wall_t:.2f}"
         summary["rss_growth_10x"] = f"{rss_l / rss_t:.2f}"
+    if engine_rows:
+        summary |= engine_ratio(largest, engine_rows)
     print("SUMMARY scale_bench " + " ".join(f"{k}={v}" for k, v in summary.items()))
 
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # -- distributed training / scoring (Dask) --------------------------------
     dask_scheduler: str | None = None  # tcp://host:8786 of a running cluster; unset: a local cluster
     dask_workers: int = 2  # workers of the local cluster (one thread each)
+    # each local worker's memory limit (Dask spills, pauses and restarts at fractions of it);
+    # a remote cluster's workers take theirs from `dask worker --memory-limit`
+    dask_worker_memory: str = Field("4GiB", pattern=r"^\d+(\.\d+)?\s*(B|kB|KiB|MB|MiB|GB|GiB|TB|TiB)$")
 
     snapshot_every_days: int = 28  # cadence of feature snapshots in the offline store
     # members per partition of the feature build: memory holds one partition's history, so it

@@ -32,9 +32,7 @@ def test_cli_features_show_reads_the_online_store(settings, pipeline):
     assert "days_since_last_purchase" in out.stdout and "health_quadrant" in out.stdout
 
 
-def test_a_demo_step_runs_in_its_own_process_with_the_demos_settings_and_stops_the_demo_where_it_fails(
-    tmp_path, capfd
-):
+def test_a_demo_step_runs_in_its_own_process_with_the_demos_settings_and_stops_the_demo_where_it_fails(tmp_path, capfd):
     import pytest
     import typer
 

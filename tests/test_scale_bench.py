@@ -75,3 +75,16 @@ def test_scale_bench_measures_every_step_at_two_sizes(tmp_path):
         assert 0.0 <= r["metrics"]["fraud"] <= 1.0  # the holdout metric came from the job's MLflow run
     for name in STEPS:  # ten times the members, far less than ten times the memory
         assert sizes[5000]["steps"][name]["peak_rss"] < 3 * sizes[500]["steps"][name]["peak_rss"], name
+
+
+@pytest.mark.unit
+def test_a_second_engine_is_compared_on_the_steps_it_ran_and_kept_out_of_the_sizes_totals():
+    bench = _bench()
+    size = _size(1_000_000, 100.0, 4.0, steps=("data", "features build", "score churn"))
+    size["steps"] |= {
+        "features build [dask]": {"seconds": 80.0, "peak_rss": 6.0 * 2**30, "rc": 0},
+        "score churn [dask]": {"seconds": 140.0, "peak_rss": 5.0 * 2**30, "rc": 0},
+    }
+    ratio = bench.engine_ratio(size, ["features build [dask]", "score churn [dask]"])
+    assert ratio == {"dask_over_local_wall": "1.10", "dask_peak_rss_gb": "6.00"}  # 220 s over 200 s
+    assert bench.engine_ratio(size, ["train churn [dask]"]) == {}  # no in-process row to compare with

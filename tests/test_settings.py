@@ -61,6 +61,8 @@ def test_cli_refuses_unsafe_production_settings_in_one_line(tmp_path):
     assert res.output.count("\n") == 1 and "LOYALTY_API_KEYS" in res.output and "Traceback" not in res.output
     res = _cli(tmp_path, "--dataset", "Shop-A", "models", "list")
     assert res.exit_code == 2 and "setting dataset" in res.output and "[a-z0-9_]+" in res.output
+    res = _cli(tmp_path, "models", "list", env={"LOYALTY_DASK_WORKER_MEMORY": "lots"})  # not a size
+    assert res.exit_code == 2 and "setting dask_worker_memory" in res.output and res.output.count("\n") == 1
 
 
 @pytest.mark.unit

@@ -44,7 +44,7 @@ def dask_client(settings: Settings) -> Iterator:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            memory_limit="4GiB",
+            memory_limit=settings.dask_worker_memory,
         ) as cluster,
         Client(cluster) as client,
     ):
