@@ -25,13 +25,13 @@ import yaml
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
-from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import MaterializationConfig, RegistryConfig
 from feast.utils import make_tzaware
 from tqdm import tqdm
 
 from features.on_demand import days_since_last_purchase_one
+from features.online_sqlite import OrderedSqliteOnlineStore, OrderedSqliteOnlineStoreConfig
 from features.repo import feast_objects
 from features.repo_spec import SPEC_KEY, RepoSpec
 from features.views import NO_TTL_VIEWS
@@ -69,7 +69,8 @@ def repo_config(settings: Settings, serving: bool = False) -> RepoConfig:
     else:
         # a local file: Feast re-reads it when its mtime changes, a stat per read
         registry = RegistryConfig(path=str(settings.registry_path), cache_ttl_seconds=60)
-        online = SqliteOnlineStoreConfig(path=str(settings.online_store_path))
+        # Feast's SQLite store, materialised in key order (features.online_sqlite)
+        online = OrderedSqliteOnlineStoreConfig(path=str(settings.online_store_path))
         # DuckDB over the parquet snapshot tables: the point-in-time join runs in DuckDB, out of
         # core, not in pandas/Dask memory (what lets a million members train on one machine)
         offline = {"type": "duckdb"}
@@ -228,25 +229,44 @@ def _load_whole(store: FeatureStore, end: datetime) -> None:
 def _load(
     store: FeatureStore, views: list[FeatureView], start: Callable[[FeatureView], datetime], end: datetime
 ) -> None:
-    """Feast's materialisation loop, view by view: the provider writes the window's rows to the
-    online store, then the registry records the interval. Not ``FeatureStore.materialize``:
+    """Feast's materialisation loop, view by view: each member's newest row in the window goes
+    to the online store, then the registry records the interval. Not ``FeatureStore.materialize``:
     Feast 0.66 first marks each view MATERIALIZING in the registry, and every reader that
     refreshes its registry meanwhile refuses the view ("cannot serve features"), so a running
     service would answer degraded for as long as the daily load runs. Here a view that serves
-    keeps serving: each member's row is replaced in one write, old values until then."""
+    keeps serving: each member's row is replaced in one write, old values until then.
+
+    The embedded store is written in key order by :mod:`features.online_sqlite` from the
+    offline store's read of the newest rows (the read Feast's own materialisation makes);
+    other stores (Redis) through Feast's provider."""
     provider = store._get_provider()  # what FeatureStore.materialize itself calls
+    online, config = provider.online_store, store.config
     end_tz = make_tzaware(pd.Timestamp(end).to_pydatetime())
     for fv in views:
         start_tz = make_tzaware(pd.Timestamp(start(fv)).to_pydatetime())
-        provider.materialize_single_feature_view(
-            config=store.config,
-            feature_view=fv,
-            start_date=start_tz,
-            end_date=end_tz,
-            registry=store.registry,
-            project=store.project,
-            tqdm_builder=lambda total: tqdm(total=total, disable=True),
-        )
+        if isinstance(online, OrderedSqliteOnlineStore) and online.writes_in_order(config, fv):
+            source = fv.batch_source
+            latest = provider.offline_store.pull_latest_from_table_or_query(
+                config=config,
+                data_source=source,
+                join_key_columns=[e.name for e in fv.entity_columns],
+                feature_name_columns=[f.name for f in fv.features],
+                timestamp_field=source.timestamp_field,
+                created_timestamp_column=source.created_timestamp_column or None,
+                start_date=start_tz,
+                end_date=end_tz,
+            ).to_arrow()
+            online.write_latest(config, fv, latest, MATERIALIZATION.online_write_batch_size)
+        else:
+            provider.materialize_single_feature_view(
+                config=config,
+                feature_view=fv,
+                start_date=start_tz,
+                end_date=end_tz,
+                registry=store.registry,
+                project=store.project,
+                tqdm_builder=lambda total: tqdm(total=total, disable=True),
+            )
         store.registry.apply_materialization(fv, store.project, start_tz, end_tz)
 
 

@@ -79,15 +79,14 @@ def test_the_online_store_keeps_serving_while_the_daily_load_runs(settings, pipe
     and a reader that refreshes its registry then refuses the view: a live service answered
     degraded for as long as ``daily`` ran. Here a second store (the service's) reads from inside
     every view's load, after each of the registry's writes so far, and must get its features."""
-    from feast.infra.passthrough_provider import PassthroughProvider
-
+    from features.online_sqlite import OrderedSqliteOnlineStore
     from features.store import get_store, materialize_incremental, serving_rows
 
     reader = get_store(settings, serving=True)
     members = pd.read_parquet(settings.offline_dir / "member_rfm.parquet")["member_id"].unique()[:5].tolist()
     request_ts = int(pipeline["end"].timestamp())
     assert all(r["monetary_365d"] is not None for r in serving_rows(reader, members, request_ts))
-    load = PassthroughProvider.materialize_single_feature_view
+    load = OrderedSqliteOnlineStore.write_latest  # each view's write (the embedded profile)
     read_during = []
 
     def load_and_read(self, *args, **kwargs):
@@ -95,7 +94,7 @@ def test_the_online_store_keeps_serving_while_the_daily_load_runs(settings, pipe
         read_during.append([r["monetary_365d"] for r in serving_rows(reader, members, request_ts)])
         return load(self, *args, **kwargs)
 
-    monkeypatch.setattr(PassthroughProvider, "materialize_single_feature_view", load_and_read)
+    monkeypatch.setattr(OrderedSqliteOnlineStore, "write_latest", load_and_read)
     materialize_incremental(settings, pipeline["end"])
     assert len(read_during) >= 3 and all(None not in values for values in read_during)
 
