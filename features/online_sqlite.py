@@ -98,7 +98,7 @@ class OrderedSqliteOnlineStore(SqliteOnlineStore):
                 values, texts = cells(part.column(feature.name), feature.dtype.to_value_type())
                 name = feature.name
                 rows += zip(key, [name] * part.num_rows, values, texts, event, created, strict=True)
-            rows.sort(key=lambda r: (r[0], r[1]))  # members are in order; their features too
+            rows.sort(key=lambda r: (r[0], r[1]))  # built feature by feature: into (member, feature) order
             with conn:
                 conn.executemany(upsert, rows)
         return latest.num_rows

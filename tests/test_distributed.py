@@ -53,6 +53,26 @@ def test_distributed_batch_scoring_equals_in_process_scoring(dask_settings, trai
     assert set(local["risk_band"]) <= {"low", "medium", "high", "critical"}
 
 
+def test_the_churn_list_is_scored_a_slice_of_members_at_a_time_with_the_same_answers(settings, trained, monkeypatch):
+    """The client converts and scores a slice of members at a time (bounded frame and SHAP
+    matrix); the list is the one a single pass over every member gives, drivers included."""
+    import training.distributed as distributed
+
+    whole = distributed.churn_scores(settings, "local", drivers=True)  # one slice: fewer members than a slice
+    sizes = []
+    score = distributed._churn_partition
+
+    def counted(model, drivers, frame):
+        sizes.append(len(frame))
+        return score(model, drivers, frame)
+
+    monkeypatch.setattr(distributed, "SCORE_CHUNK_MEMBERS", 700)
+    monkeypatch.setattr(distributed, "_churn_partition", counted)
+    sliced = distributed.churn_scores(settings, "local", drivers=True)
+    assert len(sizes) > 2 and max(sizes) == 700 and sum(sizes) == len(whole)
+    pd.testing.assert_frame_equal(sliced, whole)
+
+
 def test_bad_engine_is_a_clear_error(dask_settings):
     from training.distributed import churn_scores
 
