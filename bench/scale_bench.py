@@ -40,8 +40,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("cf", "churn", "clv", "uplift", "fraud")
-ENGINE_ARGS = {("churn", "dask"): ["--engine", "dask"]}  # the steps that take an engine
-ENGINE_STEPS = ("features build", "train churn", "score churn")
+ENGINE_STEPS = ("features build", "train churn", "score churn")  # the steps that take --engine
 PRIMARY = {"cf": "ndcg_at_10", "churn": "roc_auc", "clv": "spearman", "uplift": "qini", "fraud": "recall"}
 
 
@@ -123,13 +122,14 @@ def run_size(
     steps = [
         ("data", ["data", "simulate", "--members", str(members)]),
         ("validate", ["data", "validate"]),
-        ("features build", ["features", "build", *(["--engine", "dask"] if engine == "dask" else [])]),
+        ("features build", ["features", "build"]),
         ("features apply", ["features", "apply"]),
         ("materialize", ["features", "materialize"]),
-        *[(f"train {job}", ["train", job, *ENGINE_ARGS.get((job, engine), [])]) for job in JOBS],
+        *[(f"train {job}", ["train", job]) for job in JOBS],
         # batch scoring of every member with the champion (the CRM list), on the chosen engine
-        ("score churn", ["score-churn", "--engine", engine, "--out", str(data_dir / "churn_scores.parquet")]),
+        ("score churn", ["score-churn", "--out", str(data_dir / "churn_scores.parquet")]),
     ]
+    steps = [(name, [*args, "--engine", engine] if name in ENGINE_STEPS else args) for name, args in steps]
     if only and "demo" in only:  # the main job as the one command a user runs (its steps in child processes)
         steps.append(("demo", ["demo", "--members", str(members)]))
     if only:

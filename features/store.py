@@ -385,8 +385,8 @@ def read_latest_table(
 def latest_features(
     settings: Settings, store: FeatureStore, service: str, as_of: pd.Timestamp, member_ids=None
 ) -> pd.DataFrame:
-    """:func:`read_latest` for a feature service of the active dataset."""
-    return read_latest(settings.offline_dir, service_views(store, service), as_of, member_ids)
+    """:func:`latest_features_table` as a pandas frame."""
+    return latest_features_table(settings, store, service, as_of, member_ids).to_pandas()
 
 
 def latest_features_table(
