@@ -197,8 +197,8 @@ class ChurnModel:
 
     def churn_list(self, X: pd.DataFrame, drivers: bool = False) -> pd.DataFrame:
         """Probability, band and action for many members at once (CRM lists, care tasks), on
-        arrays; with ``drivers`` also the feature raising each member's risk most (a SHAP pass,
-        which costs more than the prediction itself)."""
+        arrays; with ``drivers`` also the feature raising each member's risk most (a SHAP pass
+        over the members above the lowest band, which costs more than the prediction itself)."""
         M = self.features_.to_numpy(X)
         p = self._calibrated(self.predict_raw_matrix(M))
         band = risk_band(p)
@@ -212,11 +212,16 @@ class ChurnModel:
             index=X.index,
         )
         if drivers:
-            _, points = self.contributions(M)
-            top = points.argmax(axis=1)
-            names = np.asarray(self.features_.columns_, dtype=object)[top]
-            raises = (points[np.arange(len(M)), top] >= MIN_DRIVER_POINTS) & (band != "low")
-            out["top_driver"] = np.where(raises, names, None)
+            # the lowest band names no driver, so only the members above it pay for the SHAP pass
+            at_risk = np.flatnonzero(band != "low")
+            top_driver = np.full(len(M), None, dtype=object)
+            if len(at_risk):
+                _, points = self.contributions(M[at_risk])
+                top = points.argmax(axis=1)
+                names = np.asarray(self.features_.columns_, dtype=object)[top]
+                raises = points[np.arange(len(at_risk)), top] >= MIN_DRIVER_POINTS
+                top_driver[at_risk] = np.where(raises, names, None)
+            out["top_driver"] = top_driver
         return out
 
     def explain(self, X: pd.DataFrame, top: int = 3) -> pd.DataFrame:

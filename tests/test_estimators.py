@@ -146,6 +146,23 @@ def test_drivers_are_probability_points_that_add_up_to_the_gap_to_the_population
     assert (risk_band(listed["churn_probability"]) == listed["risk_band"]).all()
 
 
+def test_the_churn_list_explains_only_the_members_above_the_lowest_band(monkeypatch):
+    """The SHAP pass is the list's cost: members in the lowest band name no driver, so they skip it,
+    and every other member's top driver is the one the service names first."""
+    X, y = _generic_table(3000)
+    model = ChurnModel().fit(X, y)
+    explained = model.explain(X.head(600), top=1)
+    seen = []
+    contributions = model.contributions
+    monkeypatch.setattr(model, "contributions", lambda M: seen.append(len(M)) or contributions(M))
+    listed = model.churn_list(X.head(600), drivers=True)
+    low = listed["risk_band"].eq("low")
+    assert 0 < low.sum() < len(listed)
+    assert seen == [int((~low).sum())]
+    assert listed.loc[low, "top_driver"].isna().all()
+    assert listed["top_driver"].tolist() == [d[0]["feature"] if d else None for d in explained["top_drivers"]]
+
+
 def _randomised_offers(n=6000, seed=5):
     """Two offers, randomised arms (70% treated), a known effect that depends on x0 and the offer."""
     rng = np.random.default_rng(seed)
