@@ -126,6 +126,19 @@ def test_clv_defaults_do_no_worse_than_plain_lightgbm_on_a_generic_spend_table()
     assert all(t < 1000 for t in trees), trees  # stopped early, not at the ceiling
 
 
+@pytest.mark.unit
+def test_clv_trees_do_not_depend_on_the_seed():
+    """No row or column subsampling: the same rows give the same value ranking whatever the seed
+    (on CDNOW the sampled trees ranked long-dormant members by chance, bench/external_data.py)."""
+    from models.clv import CLVModel
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.normal(size=(2000, 6)), columns=[f"f{i}" for i in range(6)])
+    y = np.where(rng.random(len(X)) < 0.3, np.exp(X["f0"]), 0.0)
+    first, second = (CLVModel(params={"n_estimators": 60}, seed=s).fit(X, y).predict(X) for s in (1, 2))
+    np.testing.assert_array_equal(first, second)
+
+
 def test_drivers_are_probability_points_that_add_up_to_the_gap_to_the_population():
     X, y = _generic_table(3000)
     model = ChurnModel().fit(X, y)
