@@ -85,9 +85,9 @@ def main() -> None:
     export = cdnow_export(master, work / "export").parent
     env = os.environ | {"LOYALTY_DATA_DIR": str(work / "data"), "LOYALTY_DATASET": DATASET}
     _loyalty("data", "import", "--dataset", DATASET, "--source", str(export), "--mapping", str(MAPPING), env=env)
-    for step in (["data", "validate"], ["features", "build"], ["features", "apply"], ["train", "churn"]):
+    steps = (["data", "validate"], ["features", "build"], ["features", "apply"], ["train", "churn"], ["train", "clv"])
+    for step in steps:
         _loyalty(*step, env=env)
-    _loyalty("train", "clv", env=env)
     subprocess.run([sys.executable, str(ROOT / "bench" / "quality_tables.py")], env=env, cwd=ROOT, check=True)
 
 
