@@ -54,10 +54,10 @@ def size(model) -> dict:
     return {"trees": len(dump), "leaves": sum(t["num_leaves"] for t in dump)}
 
 
-def timed(fn) -> float:
+def timed(fn) -> tuple[float, object]:
     started = time.perf_counter()
-    fn()
-    return round(time.perf_counter() - started, 1)
+    result = fn()
+    return round(time.perf_counter() - started, 1), result
 
 
 def main() -> None:
@@ -75,13 +75,13 @@ def main() -> None:
         out |= {f"{name}_model_{k}": v for k, v in size(model).items()}
     few = frame.head(n_small)
     timed(lambda: small.churn_list(few.head(2000), drivers=True))  # imports and first-call costs
-    out["small_model_small_rows_s"] = timed(lambda: small.churn_list(few, drivers=True))
-    out["small_model_large_rows_s"] = timed(lambda: small.churn_list(frame, drivers=True))
-    out["large_model_large_rows_s"] = timed(lambda: large.churn_list(frame, drivers=True))
-    out["large_model_small_rows_s"] = timed(lambda: large.churn_list(few, drivers=True))
+    out["small_model_small_rows_s"], _ = timed(lambda: small.churn_list(few, drivers=True))
+    out["small_model_large_rows_s"], _ = timed(lambda: small.churn_list(frame, drivers=True))
+    out["large_model_large_rows_s"], listed = timed(lambda: large.churn_list(frame, drivers=True))
+    out["large_model_small_rows_s"], _ = timed(lambda: large.churn_list(few, drivers=True))
     M = large.features_.to_numpy(few)
-    out["large_model_small_rows_all_shap_s"] = timed(lambda: large.contributions(M))
-    bands = large.churn_list(frame)["risk_band"].value_counts(normalize=True)
+    out["large_model_small_rows_all_shap_s"], _ = timed(lambda: large.contributions(M))
+    bands = listed["risk_band"].value_counts(normalize=True)
     out["low_band_share"] = round(float(bands.get("low", 0.0)), 3)
 
     def ratio(a: str, b: str) -> float:

@@ -68,10 +68,10 @@ def cdnow_export(master: Path, out_dir: Path) -> Path:
 
 
 def _loyalty(*args: str, env: dict) -> None:
-    exe = Path(sys.executable).with_name("loyalty-ml")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+    from scale_bench import cli  # this folder: run as ``python bench/external_data.py``
+
     print("$ loyalty-ml " + " ".join(args), flush=True)
-    subprocess.run([*cmd, *args], env=env, cwd=ROOT, check=True)
+    subprocess.run([*cli(), *args], env=env, cwd=ROOT, check=True)
 
 
 def main() -> None:

@@ -31,27 +31,21 @@ def main() -> None:
     ap.add_argument("--large", type=Path, required=True, help="a larger world of the same seed, with one too")
     args = ap.parse_args()
 
+    from churn_list_bench import champion  # this folder: run as ``python bench/...``
     from sklearn.metrics import roc_auc_score
 
-    from kernel.constants import CHAMPION
-    from kernel.model_store import load_estimator
-    from kernel.settings import Settings
+    from kernel.constants import TRAINING_SNAPSHOTS
     from training.datasets import context, cutoff_labels, orders, with_features
     from training.jobs.churn import SERVICE, features_only
-    from training.tracking import configure
 
-    worlds = {
-        "small": Settings(dataset="simulated", data_dir=args.small),
-        "large": Settings(dataset="simulated", data_dir=args.large),
-    }
-    models = {}
-    for name, settings in worlds.items():
-        configure(settings)
-        models[name] = load_estimator(settings.model_name("churn"), CHAMPION)
+    worlds, models = {}, {}
+    for name, data_dir in (("small", args.small), ("large", args.large)):
+        worlds[name], models[name] = champion(data_dir)
     ctx = context(worlds["small"])
     if context(worlds["large"]).cutoff != ctx.cutoff:
         raise SystemExit("the two worlds have different cutoffs: simulate them with the same seed and dates")
-    _, _, labels = cutoff_labels(ctx, 6, orders(worlds["small"], worlds["small"].training_max_members))
+    small = worlds["small"]
+    _, _, labels = cutoff_labels(ctx, TRAINING_SNAPSHOTS, orders(small, small.training_max_members))
     holdout = with_features(ctx, labels, SERVICE)
     y, X = holdout["churned"].to_numpy(), features_only(holdout)
     p = {name: model.predict_proba(X) for name, model in models.items()}

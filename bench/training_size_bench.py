@@ -37,6 +37,7 @@ def main() -> None:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
+    from kernel.constants import TRAINING_SNAPSHOTS
     from kernel.settings import Settings
     from models.churn import ChurnModel
     from models.clv import CLVModel
@@ -47,7 +48,7 @@ def main() -> None:
     settings = Settings(dataset="simulated", data_dir=args.data_dir, training_max_members=sizes[-1])
     ctx = context(settings)
     started = time.perf_counter()
-    _, train_labels, test_labels = cutoff_labels(ctx, 6, orders(settings, sizes[-1]))
+    _, train_labels, test_labels = cutoff_labels(ctx, TRAINING_SNAPSHOTS, orders(settings, sizes[-1]))
     train, test = with_features(ctx, train_labels, SERVICE), with_features(ctx, test_labels, SERVICE)
     out = {"holdout_members": len(test), "frames_s": round(time.perf_counter() - started, 1)}
     X_test, churned, spend = features_only(test), test["churned"].to_numpy(), test["spend_next"].to_numpy()

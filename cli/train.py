@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from cli.common import console, fail, require_dataset, settings_of
-from kernel.constants import JOB_NAMES
+from kernel.constants import JOB_NAMES, TRAINING_SNAPSHOTS
 from kernel.settings import Profile, Settings
 
 log = logging.getLogger("loyalty_ml.train")
@@ -115,7 +115,7 @@ def train_cf(
 @train_app.command("churn")
 def train_churn(
     ctx: typer.Context,
-    snapshots: int = typer.Option(6, min=1, help="training cutoffs before the holdout"),
+    snapshots: int = typer.Option(TRAINING_SNAPSHOTS, min=1, help="training cutoffs before the holdout"),
     calibration: str = typer.Option("auto", help="auto (lowest cross-validated Brier) | platt | beta | isotonic"),
     engine: str = typer.Option("local", help="local | dask (LOYALTY_DASK_SCHEDULER, or a local cluster)"),
 ) -> None:
@@ -143,7 +143,7 @@ def train_uplift(
 
 
 @train_app.command("clv")
-def train_clv(ctx: typer.Context, snapshots: int = typer.Option(6, min=1)) -> None:
+def train_clv(ctx: typer.Context, snapshots: int = typer.Option(TRAINING_SNAPSHOTS, min=1)) -> None:
     """Expected value (LightGBM Tweedie), 12-month CLV, LoyaltyIndex and RFM segments."""
     _train(settings_of(ctx), ["clv"], clv={"n_snapshots": snapshots})
 

@@ -9,6 +9,8 @@ SERVED_JOBS = ("cf", "churn", "uplift")
 
 # registry aliases
 CHAMPION, CHALLENGER = "champion", "challenger"
+# training cutoffs before the holdout for the churn and value jobs (the CLI's --snapshots default)
+TRAINING_SNAPSHOTS = 6
 
 # member ids: what the service, the CLI and the state store accept
 MEMBER_ID_PATTERN = r"^[A-Za-z0-9_\-.:]+$"

@@ -7,6 +7,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from kernel.constants import TRAINING_SNAPSHOTS
 from kernel.settings import Settings
 from models.btyd import btyd_scores
 from models.calibration import expected_calibration_error
@@ -34,7 +35,7 @@ def score_holdout(model: ChurnModel, holdout: pd.DataFrame) -> float:
 
 def run(
     settings: Settings,
-    n_snapshots: int = 6,
+    n_snapshots: int = TRAINING_SNAPSHOTS,
     calibration: str = "auto",
     params: dict | None = None,
     register_model: bool = True,

@@ -6,6 +6,7 @@ import lightgbm as lgb
 import mlflow
 import pandas as pd
 
+from kernel.constants import TRAINING_SNAPSHOTS
 from kernel.settings import Settings
 from models.btyd import btyd_scores
 from models.clv import CLVModel
@@ -25,7 +26,9 @@ def score_holdout(model: CLVModel, holdout: pd.DataFrame) -> float:
     return value_metrics(holdout["spend_next"], model.predict(features_only(holdout)))[METRIC]
 
 
-def run(settings: Settings, n_snapshots: int = 6, params: dict | None = None, register_model: bool = True) -> JobResult:
+def run(
+    settings: Settings, n_snapshots: int = TRAINING_SNAPSHOTS, params: dict | None = None, register_model: bool = True
+) -> JobResult:
     ctx = context(settings)
     order_table = orders(settings, settings.training_max_members)  # the sampled members' orders
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
