@@ -93,9 +93,10 @@ class Settings(BaseSettings):
     # when it is spent, so tuning time does not grow with the programme's size
     cf_tuning_budget_s: float = Field(120.0, gt=0)
     # members whose rows train and evaluate a model, at most (a fixed hash sample of the rest):
-    # past a few hundred thousand members more rows stop improving the models (bench/RESULTS.md,
-    # scaling), so training time stops growing with the programme; scoring still covers everyone
-    training_max_members: int = Field(200_000, ge=1000)
+    # 200,000 training members against 100,000 of one 1M world add 0.0001 to churn AUC and CLV
+    # Spearman, inside a 100k holdout's bootstrap spread (bench/training_size_bench.py), so past
+    # 100k training time and the model's size stop growing with the programme; scoring covers everyone
+    training_max_members: int = Field(100_000, ge=1000)
     # CF chooses its algorithm, tunes it and learns the re-ranker on a hash sample of this many
     # members; only the chosen model is refitted on every member (it must know each one to serve
     # them), so CF's time grows with the programme by one fit, not by the whole selection
