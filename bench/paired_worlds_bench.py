@@ -5,7 +5,7 @@
 The simulator draws members in 20,000-member chunks, each from its own seeded stream, so a
 100k world's members are the first 100k members of the 1M world with the same seed: the same
 records and purchases. Each world's holdout metric is measured on its own holdout (all members
-at 100k, the 200k-member training sample at 1M), so the two differ by which members are
+at 100k, the training sample at 1M), so the two differ by which members are
 scored as well as by the model. Here both worlds' churn champions score the small world's
 holdout; the difference of their AUCs, with its bootstrap spread over members (200 draws), is
 the model's share of the gap alone.

@@ -2,13 +2,14 @@
 
     python bench/training_size_bench.py --data-dir /tmp/sc/members-1000000 [--sizes 100000 200000]
 
-The churn and CLV jobs train on at most ``training_max_members`` members (200,000 by default),
-drawn by a seeded hash of the id, so a smaller sample is a subset of a larger one. This bench
+The churn and CLV jobs train on at most ``training_max_members`` members (200,000 when this
+bench first ran; its result set today's 100,000), drawn by a seeded hash of the id, so a
+smaller sample is a subset of a larger one. This bench
 builds the jobs' training and holdout frames once for the largest size, then fits ``ChurnModel``
 and ``CLVModel`` (the jobs' estimators and defaults) on each size's members and scores them all
-on the same holdout members. A 100k programme trains on all of its 100k members and a 1M
-programme on 200k, so on a 1M world this is the comparison of those two models without the
-difference between two worlds. It also prints how far the largest model's holdout metric moves
+on the same holdout members. With a 200k cap, a 100k programme trained on all of its
+100k members and a 1M programme on 200k, so on a 1M world this is the comparison of those two
+models without the difference between two worlds. It also prints how far the largest model's holdout metric moves
 between bootstrap holdouts of the smallest size (``holdout_sd_*``, 20 draws with replacement):
 the noise between two worlds' holdouts of that many members.
 
