@@ -1,5 +1,7 @@
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from features.store import online_features, training_frame
@@ -239,3 +241,32 @@ def test_a_daily_snapshot_appended_by_partition_equals_the_builds_and_repeats_as
     same = profile.xs(nxt, level=1)["tier_level"] == profile.xs(last, level=1)["tier_level"]
     kept = profile.xs(nxt, level=1)["tier_since_ts"][same] == profile.xs(last, level=1)["tier_since_ts"][same]
     assert same.any() and kept.all()
+
+
+@pytest.mark.unit
+def test_the_bulk_read_of_named_members_takes_each_ones_newest_row_in_the_window(tmp_path):
+    """Named members are read a snapshot at a time, newest first; the rows must be those of the
+    whole-window read: newest in range, first in file order within a snapshot, null outside."""
+    import datetime as dt
+
+    from features.store import read_latest_table
+
+    day = pd.Timestamp("2024-03-01", tz="UTC")
+    rows = [  # (member, days after day, value)
+        ("g", -3, 10.0), ("a", 0, 1.0), ("b", 0, 2.0), ("c", 0, 3.0), ("g", 0, 11.0), ("f", -40, 9.0),  # f: past the TTL
+        ("a", 28, 4.0), ("c", 28, 5.0), ("c", 28, 6.0),  # c twice in one snapshot: the first counts
+        ("a", 56, 7.0), ("e", 56, 8.0),  # after as_of: never read
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["member_id", "days", "spend"])
+    frame["event_timestamp"] = day + pd.to_timedelta(frame.pop("days"), unit="D")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "v.parquet", row_group_size=2)
+    views = [("v", ["spend"], dt.timedelta(days=35))]
+    as_of = day + pd.Timedelta(days=30)
+    ids = ["c", "a", "b", "g", "e", "f", "zz"]
+    named = read_latest_table(tmp_path, views, as_of, ids).to_pandas()
+    assert named["member_id"].tolist() == ids
+    assert named["spend"].tolist()[:4] == [5.0, 4.0, 2.0, 11.0] and named["spend"].iloc[4:].isna().all()
+    whole = read_latest_table(tmp_path, views, as_of).to_pandas().set_index("member_id")
+    pd.testing.assert_series_equal(named.set_index("member_id")["spend"], whole["spend"].reindex(ids))
+    nothing = read_latest_table(tmp_path, views, day - pd.Timedelta(days=100), ["a"]).to_pandas()
+    assert nothing["spend"].isna().all() and len(nothing) == 1
