@@ -245,15 +245,17 @@ def test_a_daily_snapshot_appended_by_partition_equals_the_builds_and_repeats_as
 
 @pytest.mark.unit
 def test_the_bulk_read_of_named_members_takes_each_ones_newest_row_in_the_window(tmp_path):
-    """Named members are read a snapshot at a time, newest first; the rows must be those of the
-    whole-window read: newest in range, first in file order within a snapshot, null outside."""
+    """Named members are read from the newest snapshot first, then from the rest of the window;
+    the rows must be those of the whole-window read: newest in range, first in file order within
+    a snapshot, null outside."""
     import datetime as dt
 
     from features.store import read_latest_table
 
     day = pd.Timestamp("2024-03-01", tz="UTC")
     rows = [  # (member, days after day, value)
-        ("g", -3, 10.0), ("a", 0, 1.0), ("b", 0, 2.0), ("c", 0, 3.0), ("g", 0, 11.0), ("f", -40, 9.0),  # f: past the TTL
+        ("f", -40, 9.0), ("g", -3, 10.0),  # f: older than the TTL; g: in two older snapshots
+        ("a", 0, 1.0), ("b", 0, 2.0), ("c", 0, 3.0), ("g", 0, 11.0),
         ("a", 28, 4.0), ("c", 28, 5.0), ("c", 28, 6.0),  # c twice in one snapshot: the first counts
         ("a", 56, 7.0), ("e", 56, 8.0),  # after as_of: never read
     ]  # fmt: skip
