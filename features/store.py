@@ -356,15 +356,19 @@ def read_latest_table(
             where &= pc.field(EVENT_TIMESTAMP) >= pa.scalar((as_of - ttl).to_pydatetime(), type=stamp.type)
         return where
 
-    def in_range(view: tuple[str, list[str], timedelta]) -> tuple[pa.Table, pa.Array]:
-        """The view's rows in [as_of - ttl, as_of] and their order, newest first."""
+    def in_range(
+        view: tuple[str, list[str], timedelta], where: pc.Expression | None = None
+    ) -> tuple[pa.Table, pa.Array]:
+        """The view's rows in [as_of - ttl, as_of] (or those ``where`` keeps) and their order, newest first."""
         name, features, ttl = view
         table = pq.read_table(
-            offline_dir / f"{name}.parquet", columns=[MEMBER_ID, EVENT_TIMESTAMP, *features], filters=window(ttl)
+            offline_dir / f"{name}.parquet",
+            columns=[MEMBER_ID, EVENT_TIMESTAMP, *features],
+            filters=window(ttl) if where is None else where,
         )
         return table, pc.sort_indices(table, sort_keys=[(EVENT_TIMESTAMP, "descending")])
 
-    def aligned(found: tuple[pa.Table, pa.Array]) -> pa.Table:
+    def aligned(found: tuple[pa.Table, pa.Array], ids: pa.Array) -> pa.Table:
         table, order = found
         # index_in finds the first match; in newest-first order that is each member's latest row
         newest = pc.index_in(ids, value_set=table.column(MEMBER_ID).take(order))
@@ -373,36 +377,31 @@ def read_latest_table(
     def newest_first(view: tuple[str, list[str], timedelta]) -> pa.Table:
         """The rows of ``ids`` from the newest snapshot in range, then, for the members it lacks,
         from the rest of the window in one read: a member is in the newest snapshot as a rule,
-        so the window is read and hashed about once, not once per snapshot. Same rows as
-        :func:`aligned`: the newest in range, the first in file order within one snapshot."""
+        so the window is read and hashed about once, not once per snapshot. Same rows as the
+        whole window's :func:`aligned`: the newest in range, the first in file order within one snapshot."""
         name, features, ttl = view
         path = offline_dir / f"{name}.parquet"
         stamps = pq.read_table(path, columns=[EVENT_TIMESTAMP], filters=window(ttl)).column(EVENT_TIMESTAMP)
-        rows = np.full(len(ids), -1, dtype=np.int64)  # row of each member in the tables read
         if not len(stamps):  # nothing in range: the view's columns, all null
-            empty = pq.read_table(path, columns=features, filters=window(ttl))
-            return empty.take(pa.array(rows, mask=rows < 0))
+            return aligned(in_range(view), ids)
         newest = pc.max(stamps)
         snap = pq.read_table(path, columns=[MEMBER_ID, *features], filters=pc.field(EVENT_TIMESTAMP) == newest)
-        pos = pc.index_in(ids, value_set=snap.column(MEMBER_ID)).fill_null(-1).to_numpy()
-        rows[pos >= 0] = pos[pos >= 0]
-        read, missing = [snap.drop_columns([MEMBER_ID])], np.flatnonzero(pos < 0)
-        if len(missing) and pc.min(stamps) != newest:
-            older = window(ttl) & (pc.field(EVENT_TIMESTAMP) < newest)
-            rest = pq.read_table(path, columns=[MEMBER_ID, EVENT_TIMESTAMP, *features], filters=older)
-            order = pc.sort_indices(rest, sort_keys=[(EVENT_TIMESTAMP, "descending")])
-            pos = pc.index_in(ids.take(missing), value_set=rest.column(MEMBER_ID).take(order)).fill_null(-1)
-            found = pos.to_numpy() >= 0
-            rows[missing[found]] = order.take(pos.filter(found)).to_numpy() + snap.num_rows
-            read.append(rest.drop_columns([MEMBER_ID, EVENT_TIMESTAMP]))
-        return pa.concat_tables(read).take(pa.array(rows, mask=rows < 0))
+        pos = pc.index_in(ids, value_set=snap.column(MEMBER_ID))
+        first = snap.drop_columns([MEMBER_ID]).take(pos)  # nulls for the members it lacks
+        missing = np.flatnonzero(pos.is_null().to_numpy(zero_copy_only=False))
+        if not len(missing):
+            return first
+        older = aligned(in_range(view, window(ttl) & (pc.field(EVENT_TIMESTAMP) < newest)), ids.take(missing))
+        index = np.arange(len(ids))
+        index[missing] = len(ids) + np.arange(len(missing))  # their rows from the older read
+        return pa.concat_tables([first, older]).take(index)
 
     # Arrow's kernels release the GIL: the views are read and aligned side by side
     with ThreadPoolExecutor(max_workers=min(len(views), 4) or 1) as pool:
         if member_ids is None:
             latest = list(pool.map(in_range, views))
             ids = pc.unique(pa.chunked_array([t.column(MEMBER_ID) for t, _ in latest], type=pa.string()))
-            parts = list(pool.map(aligned, latest))
+            parts = list(pool.map(aligned, latest, [ids] * len(latest)))
         else:
             ids = pa.array(np.asarray(member_ids, dtype=object), type=pa.string())
             parts = list(pool.map(newest_first, views))
