@@ -103,3 +103,20 @@ def test_quality_summary_compares_against_the_best_untuned_baseline_and_never_th
     assert out["churn_auc_minus_best_baseline"] == pytest.approx(0.80 - 0.79)
     assert out["clv_spearman_minus_best_baseline"] == pytest.approx(-0.05)
     assert gains({}, {}) == {}
+
+
+def test_the_paired_bootstrap_gap_is_zero_for_one_score_and_spread_for_two():
+    from sklearn.metrics import roc_auc_score
+
+    from training.evaluation.metrics import paired_bootstrap_gap
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 2000)
+    good, noisy = y + rng.normal(0, 0.8, len(y)), y + rng.normal(0, 1.6, len(y))
+    gap, sd = paired_bootstrap_gap(roc_auc_score, y, good, good, draws=50)
+    assert gap == 0 and sd == 0  # the same score on the same resample never differs
+    gap, sd = paired_bootstrap_gap(roc_auc_score, y, good, noisy, draws=200)
+    assert gap == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, noisy))
+    assert gap > 4 * sd > 0  # a clear lead: positive, several spreads from zero
+    _, sd_small = paired_bootstrap_gap(roc_auc_score, y[:200], good[:200], noisy[:200], draws=200)
+    assert sd_small > 2 * sd  # ten times fewer rows: about three times the spread

@@ -55,6 +55,19 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def paired_bootstrap_gap(metric, y: np.ndarray, p: np.ndarray, q: np.ndarray, draws: int = 300, seed: int = 0):
+    """``metric(y, p) - metric(y, q)`` on all rows and its standard deviation over ``draws``
+    bootstrap resamples of the rows, both scores on the same resample: how far a model's lead
+    over a baseline on one holdout could move on another holdout of the same size."""
+    y, p, q = np.asarray(y), np.asarray(p), np.asarray(q)
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(draws):
+        i = rng.integers(0, len(y), len(y))
+        gaps.append(metric(y[i], p[i]) - metric(y[i], q[i]))
+    return float(metric(y, p) - metric(y, q)), float(np.std(gaps))
+
+
 def lift_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
     """Deciles by predicted score (1 = highest): rate, lift and cumulative gain."""
     df = pd.DataFrame({"y": np.asarray(y, dtype=float), "p": np.asarray(p, dtype=float)})
