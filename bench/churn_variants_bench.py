@@ -12,6 +12,9 @@ then scores on the same holdout members:
 - churn with learning rate 0.02 instead of 0.05 (more, smaller steps), for each seed;
 - churn cross-fitted: five boosters, each early-stopped on its own fifth of the members,
   averaged (five times the trees to serve);
+- CLV blended with a second booster fitted on each member's percentile rank of spend within
+  its snapshot (L2), the two predictions averaged as ranks within the holdout: an evaluation of
+  the ordering only (a served value would need a fixed map from the blend back to currency);
 - the baselines of ``bench/quality_tables.py``: untuned LightGBM on the same features and BG/NBD
   (x Gamma-Gamma for CLV), fitted on the history before the cutoff.
 
@@ -20,7 +23,8 @@ that lead over bootstrap resamples of the holdout (``paired_bootstrap_gap``): is
 +0.01 AUC and +0.02 Spearman, and this says how many holdout spreads that is.
 
 Last line: ``SUMMARY churn_variants DATASET: churn_lead=A churn_lead_sd=B lr002_lead=C
-crossfit_lead=D clv_lead=E clv_lead_sd=F seed_spread_churn=G seed_spread_lr002=H``
+crossfit_lead=D clv_lead=E clv_lead_sd=F clv_rank_blend_lead=G seed_spread_churn=H
+seed_spread_lr002=I``
 (leads over the best baseline, means over the seeds).
 """
 
@@ -42,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import lightgbm as lgb
-    from scipy.stats import spearmanr
+    from scipy.stats import rankdata, spearmanr
     from sklearn.metrics import roc_auc_score
 
     from kernel.constants import TRAINING_SNAPSHOTS
@@ -67,6 +71,7 @@ def main() -> None:
     X, X_test = features_only(train), features_only(test)
     churned, spend, ids = train["churned"].to_numpy(), train["spend_next"].to_numpy(), train["member_id"].to_numpy()
     y, actual = test["churned"].to_numpy(), test["spend_next"].to_numpy()
+    spend_rank = train.groupby("event_timestamp")["spend_next"].rank(pct=True).to_numpy()
     btyd = btyd_scores(order_table, ctx.cutoff, settings.label_window_days, BTYD_MAX_FIT_MEMBERS)
     print(f"frames: {len(train)} training rows, {len(test)} holdout members ({time.perf_counter() - started:.0f} s)")
 
@@ -89,7 +94,7 @@ def main() -> None:
     for name, p in value_baselines.items():
         print(f"clv   {name:28s} spearman={spearman(actual, p):.4f}")
 
-    results: dict[str, list[float]] = {"churn": [], "lr002": [], "crossfit": [], "clv": []}
+    results: dict[str, list[float]] = {"churn": [], "lr002": [], "crossfit": [], "clv": [], "blend": []}
     sds: dict[str, list[float]] = {"churn": [], "clv": []}
     for seed in args.seeds:
         churn = model if seed == args.seeds[0] else ChurnModel(seed=seed).fit(X, churned, ids)
@@ -103,10 +108,14 @@ def main() -> None:
         value = CLVModel(seed=seed).fit(X, spend, ids)
         lead_v, sd_v = paired_bootstrap_gap(spearman, actual, value.predict(X_test), best_value)
         results["clv"].append(lead_v)
+        ranker = CLVModel(seed=seed, params={"objective": "regression"}).fit(X, spend_rank, ids)
+        blend = rankdata(value.predict(X_test)) + rankdata(ranker.predict(X_test))
+        results["blend"].append(spearman(actual, blend) - spearman(actual, best_value))
         sds["clv"].append(sd_v)
         print(
             f"seed {seed}: churn lead {lead:+.4f} (sd {sd:.4f}), lr 0.02 {results['lr002'][-1]:+.4f}, "
-            f"cross-fitted {results['crossfit'][-1]:+.4f}; clv lead {lead_v:+.4f} (sd {sd_v:.4f})",
+            f"cross-fitted {results['crossfit'][-1]:+.4f}; clv lead {lead_v:+.4f} (sd {sd_v:.4f}), "
+            f"rank blend {results['blend'][-1]:+.4f}",
             flush=True,
         )
 
@@ -117,7 +126,8 @@ def main() -> None:
         f"SUMMARY churn_variants {settings.dataset}: churn_lead={np.mean(results['churn']):.4f}"
         f" churn_lead_sd={np.mean(sds['churn']):.4f} lr002_lead={np.mean(results['lr002']):.4f}"
         f" crossfit_lead={np.mean(results['crossfit']):.4f} clv_lead={np.mean(results['clv']):.4f}"
-        f" clv_lead_sd={np.mean(sds['clv']):.4f} seed_spread_churn={spread(results['churn']):.4f}"
+        f" clv_lead_sd={np.mean(sds['clv']):.4f}"
+        f" clv_rank_blend_lead={np.mean(results['blend']):.4f} seed_spread_churn={spread(results['churn']):.4f}"
         f" seed_spread_lr002={spread(results['lr002']):.4f}"
     )
 
