@@ -55,7 +55,9 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def paired_bootstrap_gap(metric, y: np.ndarray, p: np.ndarray, q: np.ndarray, draws: int = 300, seed: int = 0):
+def paired_bootstrap_gap(
+    metric, y: np.ndarray, p: np.ndarray, q: np.ndarray, draws: int = 300, seed: int = 0
+) -> tuple[float, float]:
     """``metric(y, p) - metric(y, q)`` on all rows and its standard deviation over ``draws``
     bootstrap resamples of the rows, both scores on the same resample: how far a model's lead
     over a baseline on one holdout could move on another holdout of the same size."""
