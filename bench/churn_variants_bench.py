@@ -88,6 +88,7 @@ def main() -> None:
         "bg_nbd_gamma_gamma": btyd["expected_spend"].reindex(test["member_id"]).fillna(0).to_numpy(),
     }
     best_churn = max(churn_baselines.values(), key=lambda p: roc_auc_score(y, p))
+    best_churn_auc = roc_auc_score(y, best_churn)
     best_value = max(value_baselines.values(), key=lambda p: spearman(actual, p))
     for name, p in churn_baselines.items():
         print(f"churn {name:28s} auc={roc_auc_score(y, p):.4f}")
@@ -102,16 +103,16 @@ def main() -> None:
         results["churn"].append(lead)
         sds["churn"].append(sd)
         slow = ChurnModel(seed=seed, params={"learning_rate": 0.02}).fit(X, churned, ids)
-        results["lr002"].append(roc_auc_score(y, slow.predict_raw(X_test)) - roc_auc_score(y, best_churn))
+        results["lr002"].append(roc_auc_score(y, slow.predict_raw(X_test)) - best_churn_auc)
         crossfit = _cross_fitted(M, churned, ids, M_test, seed)
-        results["crossfit"].append(roc_auc_score(y, crossfit) - roc_auc_score(y, best_churn))
-        value = CLVModel(seed=seed).fit(X, spend, ids)
-        lead_v, sd_v = paired_bootstrap_gap(spearman, actual, value.predict(X_test), best_value)
+        results["crossfit"].append(roc_auc_score(y, crossfit) - best_churn_auc)
+        value = CLVModel(seed=seed).fit(X, spend, ids).predict(X_test)
+        lead_v, sd_v = paired_bootstrap_gap(spearman, actual, value, best_value)
         results["clv"].append(lead_v)
-        ranker = CLVModel(seed=seed, params={"objective": "regression"}).fit(X, spend_rank, ids)
-        blend = rankdata(value.predict(X_test)) + rankdata(ranker.predict(X_test))
-        results["blend"].append(spearman(actual, blend) - spearman(actual, best_value))
         sds["clv"].append(sd_v)
+        ranker = CLVModel(seed=seed, params={"objective": "regression"}).fit(X, spend_rank, ids)
+        blend = rankdata(value) + rankdata(ranker.predict(X_test))
+        results["blend"].append(spearman(actual, blend) - spearman(actual, best_value))
         print(
             f"seed {seed}: churn lead {lead:+.4f} (sd {sd:.4f}), lr 0.02 {results['lr002'][-1]:+.4f}, "
             f"cross-fitted {results['crossfit'][-1]:+.4f}; clv lead {lead_v:+.4f} (sd {sd_v:.4f}), "

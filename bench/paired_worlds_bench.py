@@ -36,6 +36,7 @@ def main() -> None:
 
     from kernel.constants import TRAINING_SNAPSHOTS
     from training.datasets import context, cutoff_labels, orders, with_features
+    from training.evaluation.metrics import paired_bootstrap_gap
     from training.jobs.churn import SERVICE, features_only
 
     worlds, models = {}, {}
@@ -50,11 +51,7 @@ def main() -> None:
     y, X = holdout["churned"].to_numpy(), features_only(holdout)
     p = {name: model.predict_proba(X) for name, model in models.items()}
     auc = {name: roc_auc_score(y, p[name]) for name in p}
-    rng = np.random.default_rng(7)
-    diffs = []
-    for _ in range(DRAWS):
-        i = rng.choice(len(y), len(y))
-        diffs.append(roc_auc_score(y[i], p["large"][i]) - roc_auc_score(y[i], p["small"][i]))
+    _, sd = paired_bootstrap_gap(roc_auc_score, y, p["large"], p["small"], draws=DRAWS, seed=7)
     out = {
         "holdout_members": len(y),
         "small_auc": round(auc["small"], 4),
@@ -62,7 +59,7 @@ def main() -> None:
         "small_brier": round(float(np.mean((p["small"] - y) ** 2)), 4),
         "large_brier": round(float(np.mean((p["large"] - y) ** 2)), 4),
         "large_minus_small": round(auc["large"] - auc["small"], 4),
-        "sd": round(float(np.std(diffs)), 4),
+        "sd": round(sd, 4),
     }
     for k, v in out.items():
         print(f"{k:<20} {v}")
