@@ -15,8 +15,8 @@ then scores on the same holdout members:
 - CLV blended with a second booster fitted on each member's percentile rank of spend within
   its snapshot (L2), the two predictions averaged as ranks within the holdout: an evaluation of
   the ordering only (a served value would need a fixed map from the blend back to currency);
-- the baselines of ``bench/quality_tables.py``: untuned LightGBM on the same features and BG/NBD
-  (x Gamma-Gamma for CLV), fitted on the history before the cutoff.
+- the jobs' own baselines (``training.evaluation.baselines``): untuned LightGBM on the same
+  features and BG/NBD (x Gamma-Gamma for CLV), fitted on the history before the cutoff.
 
 For the job's model it prints the lead over the best baseline with the standard deviation of
 that lead over bootstrap resamples of the holdout (``paired_bootstrap_gap``): issue 14 asks for
@@ -45,18 +45,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 0, 1])
     args = ap.parse_args()
 
-    import lightgbm as lgb
     from scipy.stats import rankdata, spearmanr
     from sklearn.metrics import roc_auc_score
 
     from kernel.constants import TRAINING_SNAPSHOTS
     from kernel.settings import Settings
-    from models.btyd import btyd_scores
     from models.churn import ChurnModel
     from models.clv import CLVModel
     from training.datasets import context, cutoff_labels, orders, with_features
+    from training.evaluation.baselines import btyd_holdout, untuned_lightgbm
     from training.evaluation.metrics import paired_bootstrap_gap
-    from training.featurize import BTYD_MAX_FIT_MEMBERS
     from training.jobs.churn import SERVICE, features_only
 
     def spearman(a, b):
@@ -72,20 +70,18 @@ def main() -> None:
     churned, spend, ids = train["churned"].to_numpy(), train["spend_next"].to_numpy(), train["member_id"].to_numpy()
     y, actual = test["churned"].to_numpy(), test["spend_next"].to_numpy()
     spend_rank = train.groupby("event_timestamp")["spend_next"].rank(pct=True).to_numpy()
-    btyd = btyd_scores(order_table, ctx.cutoff, settings.label_window_days, BTYD_MAX_FIT_MEMBERS)
+    btyd = btyd_holdout(order_table, ctx.cutoff, settings.label_window_days, test["member_id"])
     print(f"frames: {len(train)} training rows, {len(test)} holdout members ({time.perf_counter() - started:.0f} s)")
 
     model = ChurnModel(seed=args.seeds[0]).fit(X, churned, ids)
     M, M_test = model.features_.transform(X), model.features_.transform(X_test)
-    plain_churn = lgb.LGBMClassifier(verbose=-1, n_jobs=2, random_state=settings.seed).fit(M, churned)
-    plain_value = lgb.LGBMRegressor(verbose=-1, n_jobs=2, random_state=settings.seed).fit(M, spend)
     churn_baselines = {
-        "lightgbm_default": plain_churn.predict_proba(M_test)[:, 1],
-        "bg_nbd": btyd["p_no_purchase"].reindex(test["member_id"]).fillna(1.0).to_numpy(),
+        "lightgbm_default": untuned_lightgbm(model.features_, X, churned, X_test, settings.seed, classifier=True),
+        "bg_nbd": btyd["p_no_purchase"].to_numpy(),
     }
     value_baselines = {
-        "lightgbm_default": plain_value.predict(M_test),
-        "bg_nbd_gamma_gamma": btyd["expected_spend"].reindex(test["member_id"]).fillna(0).to_numpy(),
+        "lightgbm_default": untuned_lightgbm(model.features_, X, spend, X_test, settings.seed, classifier=False),
+        "bg_nbd_gamma_gamma": btyd["expected_spend"].to_numpy(),
     }
     best_churn = max(churn_baselines.values(), key=lambda p: roc_auc_score(y, p))
     best_churn_auc = roc_auc_score(y, best_churn)

@@ -229,8 +229,9 @@ class TwoStageRecommender:
             if allowed_items is not None:
                 keep = np.asarray(allowed_items, dtype=bool)[item]
                 pos, item, X = pos[keep], item[keep], X[keep]
-            # one thread: a request scores a few hundred rows, thread start-up would dominate
-            score = self.ranker_.predict(X, num_threads=1) if len(X) else np.array([])
+            # one thread: a request scores a few hundred rows, thread start-up would dominate; the
+            # booster itself, as the wrapper's feature-name check warns on a plain matrix
+            score = self.ranker_.booster_.predict(X, num_threads=1) if len(X) else np.array([])
             order = np.lexsort((item, -score, pos))  # per member, best first; ties by item
             pos, item, score = pos[order], item[order], score[order]
             starts = np.searchsorted(pos, np.arange(len(known) + 1))

@@ -138,7 +138,7 @@ def fit_best_size(estimator, grid, params: dict, user_params: dict, seed: int, f
     fits = []
     for size in sizes:
         candidate = estimator(**(params | size), random_state=seed).fit(
-            *fit, eval_set=[held], callbacks=[lgb.early_stopping(rounds, verbose=False)]
+            *fit, eval_X=held[0], eval_y=held[1], callbacks=[lgb.early_stopping(rounds, verbose=False)]
         )
         fits.append((next(iter(candidate.best_score_["valid_0"].values())), size, candidate))
     _, size, best = min(fits, key=lambda f: f[0])

@@ -135,7 +135,9 @@ def _affinity(lines: pd.DataFrame, index: pd.Index, t: pd.Timestamp) -> pd.DataF
         sh = wide["share"][k] if k in wide["share"] else pd.Series(dtype=float)
         out[f"top_category_{k}"] = cat.reindex(index).fillna("").astype(str)
         out[f"top_category_{k}_share"] = sh.reindex(index).fillna(0.0).astype(float)
-    ent = (-(share * np.log(share)).groupby(level=0).sum()).reindex(index).fillna(0.0)
+    # a category of no net spend adds nothing to the entropy (as 0 log 0 = 0), and no log(0) warning
+    positive = share.where(share > 0)
+    ent = (-(positive * np.log(positive)).groupby(level=0).sum()).reindex(index).fillna(0.0)
     out["category_entropy"] = ent
     out["categories_365d"] = share.groupby(level=0).size().reindex(index).fillna(0).astype("int64")
     return out

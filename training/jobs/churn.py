@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
 
 from kernel.constants import TRAINING_SNAPSHOTS
 from kernel.settings import Settings
-from models.btyd import btyd_scores
 from models.calibration import expected_calibration_error
 from models.churn import ChurnModel
 from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
 from training.distributed import dask_client
+from training.evaluation.baselines import btyd_holdout, untuned_lightgbm
 from training.evaluation.metrics import classification_metrics, lift_table
-from training.featurize import BTYD_MAX_FIT_MEMBERS
 from training.jobs.common import JobResult, finish, log_metrics, model_input
 from training.tracking import job_run, log_figure, log_table
 
@@ -85,13 +83,12 @@ def run(
         log_metrics({f"calibration_cv_brier_{k}": v for k, v in model.calibration_brier_.items()})
         recency = test["recency_days"].fillna(9999).to_numpy()
         baseline = classification_metrics(y, recency / (recency.max() + 1))  # rank-only baseline: idle days
-        # the untuned library default on the same features: what the project's choices must beat
-        plain = lgb.LGBMClassifier(verbose=-1, n_jobs=2, random_state=settings.seed)
-        plain.fit(model.features_.transform(features_only(train)), train["churned"].to_numpy())
-        p_plain = plain.predict_proba(model.features_.transform(features_only(test)))[:, 1]
-        # BG/NBD's P(no purchase in the window), fitted on the history before the cutoff only
-        btyd = btyd_scores(order_table, ctx.cutoff, settings.label_window_days, BTYD_MAX_FIT_MEMBERS)
-        p_btyd = btyd["p_no_purchase"].reindex(test["member_id"]).fillna(1.0).to_numpy()
+        # the untuned baselines the project's choices must beat
+        p_plain = untuned_lightgbm(
+            model.features_, features_only(train), train["churned"], features_only(test), settings.seed, classifier=True
+        )
+        btyd = btyd_holdout(order_table, ctx.cutoff, settings.label_window_days, test["member_id"])
+        p_btyd = btyd["p_no_purchase"].to_numpy()
         rows = {
             "lightgbm": metrics,
             "lightgbm_default": classification_metrics(y, p_plain),

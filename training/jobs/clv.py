@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import lightgbm as lgb
 import mlflow
 import pandas as pd
 
 from kernel.constants import TRAINING_SNAPSHOTS
 from kernel.settings import Settings
-from models.btyd import btyd_scores
 from models.clv import CLVModel
 from training import plots
 from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
+from training.evaluation.baselines import btyd_holdout, untuned_lightgbm
 from training.evaluation.metrics import value_metrics
-from training.featurize import BTYD_MAX_FIT_MEMBERS
 from training.jobs.churn import features_only
 from training.jobs.common import JobResult, finish, log_metrics, model_input
 from training.tracking import job_run, log_figure, log_table
@@ -56,13 +54,18 @@ def run(
         # persistence baseline: the last 90 days' spend, rescaled to the horizon
         persistence = test["monetary_90d"].fillna(0).to_numpy() * settings.label_window_days / 90.0
         baseline = value_metrics(actual, persistence)
-        # BG/NBD expected purchases x Gamma-Gamma spend, fitted on the history before the cutoff
-        btyd = btyd_scores(order_table, ctx.cutoff, settings.label_window_days, BTYD_MAX_FIT_MEMBERS)
-        btyd_value = value_metrics(actual, btyd["expected_spend"].reindex(test["member_id"]).fillna(0).to_numpy())
-        # the untuned library default on the same features: what the project's choices must beat
-        plain = lgb.LGBMRegressor(verbose=-1, n_jobs=2, random_state=settings.seed)
-        plain.fit(model.features_.transform(features_only(train)), train["spend_next"].to_numpy())
-        plain_value = value_metrics(actual, plain.predict(model.features_.transform(features_only(test))))
+        # the untuned baselines the project's choices must beat
+        btyd = btyd_holdout(order_table, ctx.cutoff, settings.label_window_days, test["member_id"])
+        btyd_value = value_metrics(actual, btyd["expected_spend"].to_numpy())
+        plain = untuned_lightgbm(
+            model.features_,
+            features_only(train),
+            train["spend_next"],
+            features_only(test),
+            settings.seed,
+            classifier=False,
+        )
+        plain_value = value_metrics(actual, plain)
         log_metrics(metrics)
         log_metrics(baseline, "baseline_persistence_")
         log_metrics(btyd_value, "baseline_bg_nbd_gamma_gamma_")
