@@ -144,7 +144,9 @@ def test_drivers_are_probability_points_that_add_up_to_the_gap_to_the_population
     model = ChurnModel().fit(X, y)
     M = model.features_.to_numpy(X)
     p, points = model.contributions(M)
-    population = model._calibrated(1 / (1 + np.exp(-model.booster_.booster_.predict(M, pred_contrib=True)[0, -1])))
+    # the population's log-odds: the booster's expected value (the linear score is 0 at the mean)
+    expected = model.booster_.booster_.predict(M, pred_contrib=True)[:1, -1]
+    population = model._calibrated(1 / (1 + np.exp(-expected)))
     np.testing.assert_allclose(points.sum(axis=1), p - population, atol=1e-9)
     explained = model.explain(X.head(400))
     for (_, row), pts in zip(explained.iterrows(), points[:400], strict=True):

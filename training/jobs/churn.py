@@ -79,7 +79,9 @@ def run(
         metrics["ece"] = expected_calibration_error(y, p)
         metrics["uncalibrated_ece"] = expected_calibration_error(y, p_raw)
         metrics["trees"] = float(model.n_trees_)
-        mlflow.log_params({"calibration_method": model.calibration_method_, **model.complexity_})
+        mlflow.log_params(
+            {"calibration_method": model.calibration_method_, "linear_weight": model.linear_weight, **model.complexity_}
+        )
         log_metrics({f"calibration_cv_brier_{k}": v for k, v in model.calibration_brier_.items()})
         recency = test["recency_days"].fillna(9999).to_numpy()
         baseline = classification_metrics(y, recency / (recency.max() + 1))  # rank-only baseline: idle days
@@ -118,6 +120,10 @@ def run(
         log_figure(plots.lift_gain(y, p), "plots/lift_gain.png")
         gain = model.booster_.booster_.feature_importance("gain")
         log_figure(plots.importance(model.features_.columns_, gain), "plots/feature_importance.png")
+        if model.linear_ is not None:  # the smooth score's log-odds per standard deviation of each signed-log feature
+            names = np.asarray(model.features_.columns_, dtype=object)[model.linear_.columns_]
+            coefficients = pd.DataFrame({"feature": names, "log_odds_per_sd": model.linear_.coef_})
+            log_table(coefficients.sort_values("log_odds_per_sd", key=abs, ascending=False), "linear_score.json")
         example = model_input(test.head(5), model.features_.columns_)
         decision = finish(
             settings,

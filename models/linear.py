@@ -1,0 +1,62 @@
+"""A smooth companion to a booster: L2 logistic regression on the signed log of each numeric feature.
+
+Trees are flat outside the range they were fitted on, and a churn model is fitted on earlier
+snapshots than the ones it scores (shorter tenures, shorter histories for buy-till-you-die).
+A strongly regularised linear score keeps ranking there. On three public retail sets its
+log-odds, added to the booster's, raised the holdout AUC by 0.002-0.005 (bench/RESULTS.md).
+The signed log makes counts and currency amounts, with their long tails, near-linear in risk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+SPREAD_TOLERANCE = 1e-9  # relative spread below which a column counts as constant
+MAX_SD = 10.0  # a standardised value is clipped here: beyond, a value is an outlier, not a trend
+
+
+class SignedLogLinear:
+    """Log-odds of a logistic regression on standardised ``sign(x) log(1 + |x|)`` of the usable
+    columns of an encoded feature matrix; a missing value counts as the training mean, and a
+    value more than :data:`MAX_SD` training deviations from it counts as that many.
+
+    ``contributions`` are relative to the training population (a member at the mean of every
+    column scores 0), so they add to a booster's SHAP values on the same log-odds scale."""
+
+    def __init__(self, C: float = 0.01, max_iter: int = 2000):
+        self.C = C
+        self.max_iter = max_iter
+
+    def fit(self, M: np.ndarray, y: np.ndarray, usable: np.ndarray) -> SignedLogLinear:
+        """``usable``: one flag per column of ``M`` (numeric ones; a category code has no order)."""
+        Z = _signed_log(np.asarray(M, dtype=np.float64)[:, np.asarray(usable, dtype=bool)])
+        with np.errstate(all="ignore"):  # an all-missing column has no mean: it is left out below
+            center, scale = np.nanmean(Z, axis=0), np.nanstd(Z, axis=0)
+        # a constant column has a rounding-error spread (1e-16), not 0: dividing by it would turn any
+        # later value (a best send hour once engagement starts) into an astronomically large score
+        varies = np.isfinite(scale) & (scale > SPREAD_TOLERANCE * np.maximum(1.0, np.abs(center)))
+        self.columns_ = np.flatnonzero(usable)[varies]
+        self.center_, self.scale_ = center[varies], scale[varies]
+        model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(self._standardised(M), np.asarray(y))
+        self.coef_ = model.coef_[0]
+        self.n_columns_ = M.shape[1]
+        return self
+
+    def _standardised(self, M: np.ndarray) -> np.ndarray:
+        Z = (_signed_log(np.asarray(M, dtype=np.float64)[:, self.columns_]) - self.center_) / self.scale_
+        return np.clip(np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0), -MAX_SD, MAX_SD)
+
+    def decision(self, M: np.ndarray) -> np.ndarray:
+        """Log-odds relative to the training population (no intercept)."""
+        return self._standardised(M) @ self.coef_
+
+    def contributions(self, M: np.ndarray) -> np.ndarray:
+        """Rows x all columns of ``M``: each used column's share of :meth:`decision`, 0 elsewhere."""
+        out = np.zeros((len(M), self.n_columns_))
+        out[:, self.columns_] = self._standardised(M) * self.coef_
+        return out
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
