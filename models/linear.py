@@ -38,9 +38,12 @@ class SignedLogLinear:
         varies = np.isfinite(scale) & (scale > SPREAD_TOLERANCE * np.maximum(1.0, np.abs(center)))
         self.columns_ = np.flatnonzero(usable)[varies]
         self.center_, self.scale_ = center[varies], scale[varies]
+        self.n_columns_ = M.shape[1]
+        if not len(self.columns_):  # nothing with an order that varies: the score is 0 for everyone
+            self.coef_ = np.zeros(0)
+            return self
         model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(self._standardised(M), np.asarray(y))
         self.coef_ = model.coef_[0]
-        self.n_columns_ = M.shape[1]
         return self
 
     def _standardised(self, M: np.ndarray) -> np.ndarray:

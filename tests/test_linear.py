@@ -92,3 +92,11 @@ def test_the_model_score_is_the_booster_and_the_weighted_linear_log_odds():
     # a model saved before the linear score existed has no linear_: it scores with its booster alone
     del model.linear_
     np.testing.assert_allclose(model.predict_raw(X.head(50)), model.booster_.booster_.predict(M))
+
+
+def test_a_table_without_an_ordered_column_that_varies_scores_zero():
+    M = np.column_stack([np.tile([0.0, 1.0, 2.0], 20), np.full(60, 5.0)])  # a category code, a constant
+    y = np.tile([0, 1], 30)
+    linear = SignedLogLinear().fit(M, y, usable=np.array([False, True]))
+    assert linear.columns_.tolist() == [] and (linear.decision(M) == 0).all()
+    assert linear.contributions(M).shape == (60, 2) and (linear.contributions(M) == 0).all()
