@@ -118,6 +118,9 @@ def train_churn(
     snapshots: int = typer.Option(TRAINING_SNAPSHOTS, min=1, help="training cutoffs before the holdout"),
     calibration: str = typer.Option("auto", help="auto (lowest cross-validated Brier) | platt | beta | isotonic"),
     engine: str = typer.Option("local", help="local | dask (LOYALTY_DASK_SCHEDULER, or a local cluster)"),
+    linear_weight: float | None = typer.Option(
+        None, min=0.0, help="the smooth linear score's weight in the log-odds (0: the booster alone; default 1)"
+    ),
 ) -> None:
     """Churn risk (LightGBM, calibrated) vs recency-only and the oracle."""
     if engine not in ("local", "dask"):
@@ -127,7 +130,8 @@ def train_churn(
     if calibration not in ("auto", *CALIBRATION_METHODS):
         methods = ", ".join(CALIBRATION_METHODS)
         fail(ValueError(f"--calibration must be 'auto' or one of {methods}, not {calibration!r}"))
-    _train(settings_of(ctx), ["churn"], churn={"n_snapshots": snapshots, "calibration": calibration, "engine": engine})
+    options = {"n_snapshots": snapshots, "calibration": calibration, "engine": engine, "linear_weight": linear_weight}
+    _train(settings_of(ctx), ["churn"], churn=options)
 
 
 @train_app.command("uplift")

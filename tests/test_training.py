@@ -206,7 +206,7 @@ def test_promotion_refuses_a_worse_challenger_and_audits_it(settings, trained):
     client = MlflowClient()
     name = settings.model_name("churn")
     champion = alias_version(client, name, CHAMPION)
-    weak = churn.run(settings, params={"n_estimators": 2, "num_leaves": 2, "colsample_bytree": 0.1})
+    weak = churn.run(settings, params={"n_estimators": 2, "num_leaves": 2, "colsample_bytree": 0.1}, linear_weight=0)
     assert weak.decision.action == "registered" and alias_version(client, name, CHALLENGER) == weak.decision.version
     decision = promote(settings, "churn")
     assert decision.action == "refused"

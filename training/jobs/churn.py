@@ -38,8 +38,10 @@ def run(
     params: dict | None = None,
     register_model: bool = True,
     engine: str = "local",
+    linear_weight: float | None = None,
 ) -> JobResult:
-    """``engine="dask"`` trains the booster data-parallel on the configured Dask cluster."""
+    """``engine="dask"`` trains the booster data-parallel on the configured Dask cluster;
+    ``linear_weight``: the smooth linear score's weight (None: the model's default)."""
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
@@ -64,7 +66,8 @@ def run(
         )
         train = with_features(ctx, train_labels, SERVICE)
         test = with_features(ctx, test_labels, SERVICE)
-        model = ChurnModel(params=params, calibration=calibration, seed=settings.seed)
+        weight = {} if linear_weight is None else {"linear_weight": linear_weight}
+        model = ChurnModel(params=params, calibration=calibration, seed=settings.seed, **weight)
         fit_args = (features_only(train), train["churned"].to_numpy(), train["member_id"].to_numpy())
         if engine == "dask":
             with dask_client(settings) as client:
