@@ -9,6 +9,8 @@ The signed log makes counts and currency amounts, with their long tails, near-li
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
@@ -31,7 +33,8 @@ class SignedLogLinear:
     def fit(self, M: np.ndarray, y: np.ndarray, usable: np.ndarray) -> SignedLogLinear:
         """``usable``: one flag per column of ``M`` (numeric ones; a category code has no order)."""
         Z = _signed_log(np.asarray(M, dtype=np.float64)[:, np.asarray(usable, dtype=bool)])
-        with np.errstate(all="ignore"):  # an all-missing column has no mean: it is left out below
+        with warnings.catch_warnings():  # an all-missing column has no mean ("empty slice"): left out below
+            warnings.simplefilter("ignore", RuntimeWarning)
             center, scale = np.nanmean(Z, axis=0), np.nanstd(Z, axis=0)
         # a constant column has a rounding-error spread (1e-16), not 0: dividing by it would turn any
         # later value (a best send hour once engagement starts) into an astronomically large score

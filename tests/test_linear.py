@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,6 +94,16 @@ def test_the_model_score_is_the_booster_and_the_weighted_linear_log_odds():
     # a model saved before the linear score existed has no linear_: it scores with its booster alone
     del model.linear_
     np.testing.assert_allclose(model.predict_raw(X.head(50)), model.booster_.booster_.predict(M))
+
+
+def test_an_all_missing_column_is_left_out_without_a_warning():
+    rng = np.random.default_rng(4)
+    M = np.column_stack([rng.normal(size=200), np.full(200, np.nan)])
+    y = (M[:, 0] + rng.normal(size=200) > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        linear = SignedLogLinear().fit(M, y, usable=np.array([True, True]))
+    assert linear.columns_.tolist() == [0] and linear.coef_[0] > 0
 
 
 def test_a_table_without_an_ordered_column_that_varies_scores_zero():
