@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from cli.common import console, fail, require_dataset, settings_of
-from kernel.constants import JOB_NAMES, TRAINING_SNAPSHOTS
+from kernel.constants import CHURN_SNAPSHOT_DECAY, JOB_NAMES, TRAINING_SNAPSHOTS
 from kernel.settings import Profile, Settings
 
 log = logging.getLogger("loyalty_ml.train")
@@ -121,6 +121,12 @@ def train_churn(
     linear_weight: float | None = typer.Option(
         None, min=0.0, help="the smooth linear score's weight in the log-odds (0: the booster alone; default 1)"
     ),
+    snapshot_decay: float = typer.Option(
+        CHURN_SNAPSHOT_DECAY,
+        min=0.0,
+        max=1.0,
+        help="each earlier training snapshot's weight relative to the next later one (1: all alike)",
+    ),
 ) -> None:
     """Churn risk (LightGBM, calibrated) vs recency-only and the oracle."""
     if engine not in ("local", "dask"):
@@ -130,7 +136,13 @@ def train_churn(
     if calibration not in ("auto", *CALIBRATION_METHODS):
         methods = ", ".join(CALIBRATION_METHODS)
         fail(ValueError(f"--calibration must be 'auto' or one of {methods}, not {calibration!r}"))
-    options = {"n_snapshots": snapshots, "calibration": calibration, "engine": engine, "linear_weight": linear_weight}
+    options = {
+        "n_snapshots": snapshots,
+        "calibration": calibration,
+        "engine": engine,
+        "linear_weight": linear_weight,
+        "snapshot_decay": snapshot_decay,
+    }
     _train(settings_of(ctx), ["churn"], churn=options)
 
 

@@ -106,9 +106,18 @@ class ChurnModel:
         self.seed = seed
         self.linear_weight = linear_weight
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None, dask_client=None) -> ChurnModel:
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        groups: np.ndarray | None = None,
+        dask_client=None,
+        sample_weight: np.ndarray | None = None,
+    ) -> ChurnModel:
         """Booster on one part (early stopping on the other, held out by member), calibrator on the
         held-out part, then the booster refitted on all rows with the trees it chose.
+        ``sample_weight``: the booster's row weights (e.g. later snapshots counting more); early
+        stopping, the linear score and the calibrator read every row alike.
 
         With a ``distributed.Client`` the booster trains data-parallel on its workers
         (``lightgbm.DaskLGBMClassifier``) with :data:`DASK_TREES` trees (no early stopping there);
@@ -117,6 +126,9 @@ class ChurnModel:
         if any(m not in CALIBRATORS for m in methods):
             raise ValueError(f"calibration must be 'auto' or one of {', '.join(METHODS)}, not {self.calibration!r}")
         y = np.asarray(y, dtype=int)
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        if w is not None and (w.shape != y.shape or not np.isfinite(w).all() or (w < 0).any() or not w.any()):
+            raise ValueError("sample_weight must hold one finite, non-negative weight per row, not all zero")
         self.features_ = FeatureMatrix().fit(X)
         M = self.features_.transform(X)
         encoded = self.features_.to_numpy(X)  # what the linear score reads (codes of categories unused)
@@ -130,7 +142,9 @@ class ChurnModel:
 
             self.n_trees_ = int(self.params.get("n_estimators", DASK_TREES))
             params = params | {"n_estimators": self.n_trees_}
-            held = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed)
+            held = fit_lgbm_classifier(
+                dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed, None if w is None else w[fit_idx]
+            )
         else:
             # the caller's tree size is kept; otherwise each size of the grid competes
             size, held = fit_best_size(
@@ -142,6 +156,7 @@ class ChurnModel:
                 (M.iloc[fit_idx], y[fit_idx]),
                 (M.iloc[cal_idx], y[cal_idx]),
                 EARLY_STOPPING_ROUNDS,
+                None if w is None else w[fit_idx],
             )
             params = params | size
             self.n_trees_ = int(held.best_iteration_ or params["n_estimators"])
@@ -157,9 +172,9 @@ class ChurnModel:
         # scores differ only slightly from those the calibrator was fitted on
         refit = params | {"n_estimators": self.n_trees_}
         if dask_client is not None:
-            self.booster_ = fit_lgbm_classifier(dask_client, M, y, refit, self.seed)
+            self.booster_ = fit_lgbm_classifier(dask_client, M, y, refit, self.seed, w)
         else:
-            self.booster_ = lgb.LGBMClassifier(**refit, random_state=self.seed).fit(M, y)
+            self.booster_ = lgb.LGBMClassifier(**refit, random_state=self.seed).fit(M, y, sample_weight=w)
         self.linear_ = SignedLogLinear(C=LINEAR_C).fit(encoded, y, numeric) if self.linear_weight else None
         self.base_rate_ = float(y.mean())
         return self

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 
 
-def fit_lgbm_classifier(client, X: pd.DataFrame, y: np.ndarray, params: dict, seed: int):
+def fit_lgbm_classifier(
+    client, X: pd.DataFrame, y: np.ndarray, params: dict, seed: int, sample_weight: np.ndarray | None = None
+):
     """Data-parallel LightGBM over the cluster's workers; returns a local ``LGBMClassifier``
     (same predict API as single-process training), so nothing downstream changes."""
     import dask.dataframe as dd
@@ -15,7 +17,10 @@ def fit_lgbm_classifier(client, X: pd.DataFrame, y: np.ndarray, params: dict, se
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     Xd = dd.from_pandas(X.reset_index(drop=True), npartitions=n_workers)
     yd = dd.from_pandas(pd.Series(np.asarray(y), name="y"), npartitions=n_workers)
-    Xd, yd = client.persist([Xd, yd])
+    parts = [Xd, yd]
+    if sample_weight is not None:
+        parts.append(dd.from_pandas(pd.Series(np.asarray(sample_weight, float), name="w"), npartitions=n_workers))
+    parts = client.persist(parts)
     model = lgb.DaskLGBMClassifier(client=client, random_state=seed, **params)
-    model.fit(Xd, yd)
+    model.fit(parts[0], parts[1], sample_weight=parts[2] if len(parts) > 2 else None)
     return model.to_local()

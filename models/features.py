@@ -130,15 +130,30 @@ def _numbers(values) -> np.ndarray | float:
 SIZE_PARAMS = ("num_leaves", "min_child_samples")  # what a tree-size grid varies
 
 
-def fit_best_size(estimator, grid, params: dict, user_params: dict, seed: int, fit: tuple, held: tuple, rounds: int):
+def fit_best_size(
+    estimator,
+    grid,
+    params: dict,
+    user_params: dict,
+    seed: int,
+    fit: tuple,
+    held: tuple,
+    rounds: int,
+    sample_weight: np.ndarray | None = None,
+):
     """Each tree size of ``grid`` (only the caller's own when ``user_params`` sets one) fitted on
     ``fit`` = (X, y) with early stopping after ``rounds`` on ``held`` = (X, y); returns the size
-    with the lowest held-out loss and its fitted LightGBM ``estimator``."""
+    with the lowest held-out loss and its fitted LightGBM ``estimator``. ``sample_weight``: the
+    ``fit`` rows' weights (the held-out loss stays unweighted)."""
     sizes = [{}] if set(SIZE_PARAMS) & set(user_params) else grid
     fits = []
     for size in sizes:
         candidate = estimator(**(params | size), random_state=seed).fit(
-            *fit, eval_X=held[0], eval_y=held[1], callbacks=[lgb.early_stopping(rounds, verbose=False)]
+            *fit,
+            sample_weight=sample_weight,
+            eval_X=held[0],
+            eval_y=held[1],
+            callbacks=[lgb.early_stopping(rounds, verbose=False)],
         )
         fits.append((next(iter(candidate.best_score_["valid_0"].values())), size, candidate))
     _, size, best = min(fits, key=lambda f: f[0])

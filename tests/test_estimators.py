@@ -22,6 +22,7 @@ from models.calibration import (
 )
 from models.churn import MIN_DRIVER_POINTS, ChurnModel, risk_band
 from models.uplift import LEARNERS, PropensityModel, UpliftModel
+from training.datasets import snapshot_weights
 
 pytestmark = pytest.mark.unit
 
@@ -100,6 +101,37 @@ def test_churn_defaults_do_no_worse_than_plain_lightgbm_on_a_generic_table():
         bare = lgb.LGBMClassifier(verbose=-1, random_state=0).fit(X.iloc[fit], y[fit])
         plain.append(roc_auc_score(y[out], bare.predict_proba(X.iloc[out])[:, 1]))
     assert np.mean(ours) >= np.mean(plain) - 0.005, (ours, plain)
+
+
+def test_churn_sample_weights_let_the_latest_snapshot_lead():
+    # the earlier snapshot ran the other way round (f0 then lowered the risk): weighted by
+    # snapshot, the booster follows the latest one; unweighted, the two cancel out
+    rng = np.random.default_rng(0)
+    n = 4000
+    stamps = np.repeat(pd.to_datetime(["2025-01-01", "2025-02-01"]), n // 2)
+    X = pd.DataFrame({"f0": rng.normal(size=n), "f1": rng.normal(size=n)})
+    sign = np.where(stamps == stamps.max(), 1.0, -1.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-2 * sign * X["f0"].to_numpy()))).astype(int)
+    X_new = pd.DataFrame({"f0": rng.normal(size=2000), "f1": rng.normal(size=2000)})
+    y_new = (rng.random(2000) < 1 / (1 + np.exp(-2 * X_new["f0"].to_numpy()))).astype(int)
+    weights = snapshot_weights(stamps, 0.1)
+    assert sorted(set(weights.tolist())) == pytest.approx([0.1, 1.0])
+    weighted = ChurnModel(linear_weight=0).fit(X, y, sample_weight=weights)
+    alike = ChurnModel(linear_weight=0).fit(X, y)
+    assert roc_auc_score(y_new, weighted.predict_raw(X_new)) > 0.8
+    assert roc_auc_score(y_new, alike.predict_raw(X_new)) < 0.7
+    for bad in (weights[:-1], np.zeros(n), -weights, np.full(n, np.nan)):
+        with pytest.raises(ValueError, match="sample_weight"):
+            ChurnModel().fit(X, y, sample_weight=bad)
+
+
+def test_snapshot_weights_fall_by_the_decay_from_the_latest_snapshot():
+    stamps = pd.to_datetime(["2025-03-01", "2025-01-01", "2025-02-01", "2025-03-01"])
+    assert snapshot_weights(stamps, 0.5).tolist() == [1.0, 0.25, 0.5, 1.0]
+    assert snapshot_weights(stamps, 1.0).tolist() == [1.0] * 4
+    assert snapshot_weights(stamps, 0.0).tolist() == [1.0, 0.0, 0.0, 1.0]  # the latest alone
+    with pytest.raises(ValueError, match="snapshot decay"):
+        snapshot_weights(stamps, 1.5)
 
 
 def test_clv_defaults_do_no_worse_than_plain_lightgbm_on_a_generic_spend_table():

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from kernel.constants import CHURN_SNAPSHOT_DECAY
 from tests.conftest import cli_args
 from training.registry import CHALLENGER, CHAMPION, alias_version, history, promote
 from training.tracking import configure
@@ -36,6 +37,9 @@ def test_churn_run_logs_the_calibration_it_chose(settings, trained):
     briers = {k.removeprefix("calibration_cv_brier_"): v for k, v in run.data.metrics.items() if "cv_brier" in k}
     assert set(briers) == {"platt", "beta", "isotonic"}
     assert briers[method] == min(briers.values())
+    # the snapshots it was trained on were weighted by age, and the run says how
+    assert float(run.data.params["snapshot_decay"]) == CHURN_SNAPSHOT_DECAY
+    assert int(run.data.params["training_snapshots"]) > 1
 
 
 def test_cf_beats_popularity_and_stays_below_the_oracle(trained):

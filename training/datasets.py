@@ -177,6 +177,17 @@ def cutoff_labels(
     return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
 
 
+def snapshot_weights(event_timestamp, decay: float) -> np.ndarray:
+    """Row weights that fall by ``decay`` per training snapshot back from the latest (weight 1):
+    members change between the earliest snapshot and the cutoff (tenure, season, the programme
+    itself), so the snapshots nearest the window being predicted count most. ``decay`` 1: all alike."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"snapshot decay must lie in [0, 1], not {decay!r}")
+    ts = pd.Series(pd.to_datetime(np.asarray(event_timestamp)))
+    age = ts.rank(method="dense", ascending=False).to_numpy() - 1.0  # 0 = the latest snapshot
+    return np.power(decay, age)
+
+
 def require_repeat_buyers(labels: pd.DataFrame, window_days: int, where: str, need_churners: bool = True) -> None:
     """Value labels need members who bought again within a window; churn labels also some who did not."""
     bought_again = int((labels["churned"] == 0).sum())

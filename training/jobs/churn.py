@@ -6,12 +6,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from kernel.constants import TRAINING_SNAPSHOTS
+from kernel.constants import CHURN_SNAPSHOT_DECAY, TRAINING_SNAPSHOTS
 from kernel.settings import Settings
 from models.calibration import expected_calibration_error
 from models.churn import ChurnModel
 from training import plots
-from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
+from training.datasets import (
+    context,
+    cutoff_labels,
+    feature_refs,
+    orders,
+    require_repeat_buyers,
+    snapshot_weights,
+    with_features,
+)
 from training.distributed import dask_client
 from training.evaluation.baselines import btyd_holdout, untuned_lightgbm
 from training.evaluation.metrics import classification_metrics, lift_table
@@ -39,9 +47,11 @@ def run(
     register_model: bool = True,
     engine: str = "local",
     linear_weight: float | None = None,
+    snapshot_decay: float = CHURN_SNAPSHOT_DECAY,
 ) -> JobResult:
     """``engine="dask"`` trains the booster data-parallel on the configured Dask cluster;
-    ``linear_weight``: the smooth linear score's weight (None: the model's default)."""
+    ``linear_weight``: the smooth linear score's weight (None: the model's default);
+    ``snapshot_decay``: each earlier training snapshot's weight relative to the next (1: all alike)."""
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
     ctx = context(settings)
@@ -61,6 +71,7 @@ def run(
                 "cutoff": ctx.cutoff.date(),
                 "calibration": calibration,
                 "engine": engine,
+                "snapshot_decay": snapshot_decay,
                 **{f"lgbm_{k}": v for k, v in (params or {}).items()},
             }
         )
@@ -69,12 +80,13 @@ def run(
         weight = {} if linear_weight is None else {"linear_weight": linear_weight}
         model = ChurnModel(params=params, calibration=calibration, seed=settings.seed, **weight)
         fit_args = (features_only(train), train["churned"].to_numpy(), train["member_id"].to_numpy())
+        weights = snapshot_weights(train["event_timestamp"], snapshot_decay)
         if engine == "dask":
             with dask_client(settings) as client:
                 mlflow.log_param("dask_workers", len(client.scheduler_info()["workers"]))
-                model.fit(*fit_args, dask_client=client)
+                model.fit(*fit_args, dask_client=client, sample_weight=weights)
         else:
-            model.fit(*fit_args)
+            model.fit(*fit_args, sample_weight=weights)
         y = test["churned"].to_numpy()
         p, p_raw = model.predict_proba(features_only(test)), model.predict_raw(features_only(test))
         metrics = classification_metrics(y, p)
