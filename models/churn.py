@@ -136,15 +136,14 @@ class ChurnModel:
         groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         split = GroupShuffleSplit(n_splits=1, test_size=self.calibration_share, random_state=self.seed)
         fit_idx, cal_idx = next(split.split(M, y, groups))
+        w_fit = None if w is None else w[fit_idx]
         params = DEFAULT_PARAMS | self.params
         if dask_client is not None:
             from models.dask_lgbm import fit_lgbm_classifier
 
             self.n_trees_ = int(self.params.get("n_estimators", DASK_TREES))
             params = params | {"n_estimators": self.n_trees_}
-            held = fit_lgbm_classifier(
-                dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed, None if w is None else w[fit_idx]
-            )
+            held = fit_lgbm_classifier(dask_client, M.iloc[fit_idx], y[fit_idx], params, self.seed, w_fit)
         else:
             # the caller's tree size is kept; otherwise each size of the grid competes
             size, held = fit_best_size(
@@ -156,7 +155,7 @@ class ChurnModel:
                 (M.iloc[fit_idx], y[fit_idx]),
                 (M.iloc[cal_idx], y[cal_idx]),
                 EARLY_STOPPING_ROUNDS,
-                None if w is None else w[fit_idx],
+                w_fit,
             )
             params = params | size
             self.n_trees_ = int(held.best_iteration_ or params["n_estimators"])

@@ -17,10 +17,11 @@ def fit_lgbm_classifier(
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     Xd = dd.from_pandas(X.reset_index(drop=True), npartitions=n_workers)
     yd = dd.from_pandas(pd.Series(np.asarray(y), name="y"), npartitions=n_workers)
-    parts = [Xd, yd]
+    Xd, yd = client.persist([Xd, yd])
+    wd = None
     if sample_weight is not None:
-        parts.append(dd.from_pandas(pd.Series(np.asarray(sample_weight, float), name="w"), npartitions=n_workers))
-    parts = client.persist(parts)
+        wd = dd.from_pandas(pd.Series(np.asarray(sample_weight, float), name="w"), npartitions=n_workers)
+        wd = client.persist(wd)
     model = lgb.DaskLGBMClassifier(client=client, random_state=seed, **params)
-    model.fit(parts[0], parts[1], sample_weight=parts[2] if len(parts) > 2 else None)
+    model.fit(Xd, yd, sample_weight=wd)
     return model.to_local()

@@ -183,7 +183,7 @@ def snapshot_weights(event_timestamp, decay: float) -> np.ndarray:
     itself), so the snapshots nearest the window being predicted count most. ``decay`` 1: all alike."""
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"snapshot decay must lie in [0, 1], not {decay!r}")
-    ts = pd.Series(pd.to_datetime(np.asarray(event_timestamp)))
+    ts = pd.Series(pd.to_datetime(event_timestamp))
     age = ts.rank(method="dense", ascending=False).to_numpy() - 1.0  # 0 = the latest snapshot
     return np.power(decay, age)
 

@@ -77,16 +77,16 @@ def run(
         )
         train = with_features(ctx, train_labels, SERVICE)
         test = with_features(ctx, test_labels, SERVICE)
-        weight = {} if linear_weight is None else {"linear_weight": linear_weight}
-        model = ChurnModel(params=params, calibration=calibration, seed=settings.seed, **weight)
+        linear = {} if linear_weight is None else {"linear_weight": linear_weight}
+        model = ChurnModel(params=params, calibration=calibration, seed=settings.seed, **linear)
         fit_args = (features_only(train), train["churned"].to_numpy(), train["member_id"].to_numpy())
-        weights = snapshot_weights(train["event_timestamp"], snapshot_decay)
+        by_age = snapshot_weights(train["event_timestamp"], snapshot_decay)
         if engine == "dask":
             with dask_client(settings) as client:
                 mlflow.log_param("dask_workers", len(client.scheduler_info()["workers"]))
-                model.fit(*fit_args, dask_client=client, sample_weight=weights)
+                model.fit(*fit_args, dask_client=client, sample_weight=by_age)
         else:
-            model.fit(*fit_args, sample_weight=weights)
+            model.fit(*fit_args, sample_weight=by_age)
         y = test["churned"].to_numpy()
         p, p_raw = model.predict_proba(features_only(test)), model.predict_raw(features_only(test))
         metrics = classification_metrics(y, p)
