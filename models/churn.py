@@ -225,23 +225,28 @@ class ChurnModel:
         (at least :data:`MIN_DRIVER_POINTS`; none for members in the lowest band)."""
         return self._drivers(self.features_.to_numpy(X), X.to_dict("records"), top)
 
-    def _drivers(self, M: np.ndarray, records: list[dict], top: int) -> list[list[dict]]:
-        p, points = self.contributions(M)
-        raises = (points >= MIN_DRIVER_POINTS) & (risk_band(p) != "low")[:, None]
+    def _drivers(self, M: np.ndarray, records: list[dict], top: int, p: np.ndarray | None = None) -> list[list[dict]]:
+        """``p``: the rows' calibrated probabilities when the caller has them already."""
+        if p is None:
+            p = self._calibrated(self.predict_raw_matrix(M))
+        drivers: list[list[dict]] = [[] for _ in range(len(M))]
+        # the lowest band names no driver, so only the rows above it pay for the SHAP pass
+        at_risk = np.flatnonzero(risk_band(p) != "low")
+        if not len(at_risk):
+            return drivers
+        _, points = self.contributions(M[at_risk])
         names = self.features_.columns_
-        order = np.argsort(-points, axis=1)[:, :top]
-        return [
-            [
+        for row, i in enumerate(at_risk):
+            drivers[i] = [
                 {
                     "feature": names[j],
                     "value": _plain(records[i].get(names[j])),
-                    "contribution": round(float(points[i, j]), 4),
+                    "contribution": round(float(points[row, j]), 4),
                 }
-                for j in idx
-                if raises[i, j]
+                for j in np.argsort(-points[row])[:top]
+                if points[row, j] >= MIN_DRIVER_POINTS
             ]
-            for i, idx in enumerate(order)
-        ]
+        return drivers
 
     def churn_list(self, X: pd.DataFrame, drivers: bool = False) -> pd.DataFrame:
         """Probability, band and action for many members at once (CRM lists, care tasks), on
@@ -283,7 +288,7 @@ class ChurnModel:
         band = risk_band(p)
         recency = np.array([_number(r.get("recency_days", 0.0)) for r in records], dtype=float)
         action = suggested_action(band, recency)
-        drivers = self._drivers(M, records, top)
+        drivers = self._drivers(M, records, top, p)
         return [
             {"churn_probability": p[i], "risk_band": band[i], "suggested_action": action[i], "top_drivers": drivers[i]}
             for i in range(len(records))

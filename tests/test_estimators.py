@@ -134,6 +134,17 @@ def test_snapshot_weights_fall_by_the_decay_from_the_latest_snapshot():
         snapshot_weights(stamps, 1.5)
 
 
+def test_churn_job_rejects_a_bad_snapshot_decay_before_any_run_starts(tmp_path):
+    """A caller of the job (not only the CLI) learns of a bad decay before an MLflow run is opened
+    or a frame is read: nothing is written under the data folder."""
+    from kernel.settings import Settings
+    from training.jobs import churn
+
+    with pytest.raises(ValueError, match="snapshot decay must lie in \\[0, 1\\], not -0.1"):
+        churn.run(Settings(data_dir=tmp_path), snapshot_decay=-0.1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_clv_defaults_do_no_worse_than_plain_lightgbm_on_a_generic_spend_table():
     """Spend with many zeros and a long tail (a Tweedie-like table), 3-fold: rank correlation at
     least plain ``LGBMRegressor()``'s, with the tree count chosen by early stopping."""

@@ -177,12 +177,18 @@ def cutoff_labels(
     return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
 
 
+def check_snapshot_decay(decay: float) -> float:
+    """``decay`` itself, or a ValueError: a weight per snapshot back must lie in [0, 1]."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"snapshot decay must lie in [0, 1], not {decay!r}")
+    return decay
+
+
 def snapshot_weights(event_timestamp, decay: float) -> np.ndarray:
     """Row weights that fall by ``decay`` per training snapshot back from the latest (weight 1):
     members change between the earliest snapshot and the cutoff (tenure, season, the programme
     itself), so the snapshots nearest the window being predicted count most. ``decay`` 1: all alike."""
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"snapshot decay must lie in [0, 1], not {decay!r}")
+    check_snapshot_decay(decay)
     ts = pd.Series(pd.to_datetime(event_timestamp))
     age = ts.rank(method="dense", ascending=False).to_numpy() - 1.0  # 0 = the latest snapshot
     return np.power(decay, age)

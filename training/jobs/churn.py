@@ -12,6 +12,7 @@ from models.calibration import expected_calibration_error
 from models.churn import ChurnModel
 from training import plots
 from training.datasets import (
+    check_snapshot_decay,
     context,
     cutoff_labels,
     feature_refs,
@@ -54,6 +55,7 @@ def run(
     ``snapshot_decay``: each earlier training snapshot's weight relative to the next (1: all alike)."""
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', not {engine!r}")
+    check_snapshot_decay(snapshot_decay)  # before any run starts or frame is built
     ctx = context(settings)
     order_table = orders(settings, settings.training_max_members)  # the sampled members' orders
     times, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
