@@ -223,18 +223,21 @@ class ChurnModel:
     def drivers(self, X: pd.DataFrame, top: int = 3) -> list[list[dict]]:
         """Top features raising each member's risk, in probability points against the population
         (at least :data:`MIN_DRIVER_POINTS`; none for members in the lowest band)."""
-        return self._drivers(self.features_.to_numpy(X), X.to_dict("records"), top)
+        M = self.features_.to_numpy(X)
+        return self._drivers(M, X.to_dict("records"), top, self._calibrated(self.predict_raw_matrix(M)))
 
-    def _drivers(self, M: np.ndarray, records: list[dict], top: int, p: np.ndarray | None = None) -> list[list[dict]]:
-        """``p``: the rows' calibrated probabilities when the caller has them already."""
-        if p is None:
-            p = self._calibrated(self.predict_raw_matrix(M))
-        drivers: list[list[dict]] = [[] for _ in range(len(M))]
-        # the lowest band names no driver, so only the rows above it pay for the SHAP pass
+    def _points_above_lowest_band(self, M: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows above the lowest band, their contributions): the lowest band names no driver,
+        so only the rows above it pay for the SHAP pass, which costs more than the prediction."""
         at_risk = np.flatnonzero(risk_band(p) != "low")
         if not len(at_risk):
-            return drivers
-        _, points = self.contributions(M[at_risk])
+            return at_risk, np.empty((0, M.shape[1]))
+        return at_risk, self.contributions(M[at_risk])[1]
+
+    def _drivers(self, M: np.ndarray, records: list[dict], top: int, p: np.ndarray) -> list[list[dict]]:
+        """Each row's drivers, given its calibrated probability ``p``."""
+        drivers: list[list[dict]] = [[] for _ in range(len(M))]
+        at_risk, points = self._points_above_lowest_band(M, p)
         names = self.features_.columns_
         for row, i in enumerate(at_risk):
             drivers[i] = [
@@ -265,11 +268,9 @@ class ChurnModel:
             index=X.index,
         )
         if drivers:
-            # the lowest band names no driver, so only the members above it pay for the SHAP pass
-            at_risk = np.flatnonzero(band != "low")
+            at_risk, points = self._points_above_lowest_band(M, p)
             top_driver = np.full(len(M), None, dtype=object)
             if len(at_risk):
-                _, points = self.contributions(M[at_risk])
                 top = points.argmax(axis=1)
                 names = np.asarray(self.features_.columns_, dtype=object)[top]
                 raises = points[np.arange(len(at_risk)), top] >= MIN_DRIVER_POINTS
