@@ -177,11 +177,10 @@ def cutoff_labels(
     return times, member_labels(order_table, times, ctx.window), member_labels(order_table, [ctx.cutoff], ctx.window)
 
 
-def check_snapshot_decay(decay: float) -> float:
-    """``decay`` itself, or a ValueError: a weight per snapshot back must lie in [0, 1]."""
+def check_snapshot_decay(decay: float) -> None:
+    """A ValueError unless ``decay`` (each snapshot's weight relative to the next) lies in [0, 1]."""
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"snapshot decay must lie in [0, 1], not {decay!r}")
-    return decay
 
 
 def snapshot_weights(event_timestamp, decay: float) -> np.ndarray:
