@@ -192,15 +192,21 @@ def models_promote(
     ctx: typer.Context,
     job: str = typer.Argument(..., help="cf | churn | uplift | clv | fraud"),
     margin: float | None = typer.Option(None, help="required improvement (default: the job's margin)"),
+    tolerance_se: float | None = typer.Option(
+        None,
+        min=0,
+        help="the challenger may trail by this many bootstrap standard errors of the gap"
+        " (default: the job's; the offer job 1.645, the others 0)",
+    ),
 ) -> None:
-    """Promote the challenger if it beats the champion on the same holdout by the margin."""
+    """Promote the challenger unless it trails the champion on the same holdout (margin, noise)."""
     require_dataset(settings_of(ctx))
     from training.registry import promote
 
     if job not in JOB_NAMES:
         fail(ValueError(f"job must be one of {JOB_NAMES}, not {job!r}"))
     try:
-        decision = promote(settings_of(ctx), job, margin)
+        decision = promote(settings_of(ctx), job, margin, tolerance_se)
     except (FileNotFoundError, ValueError) as err:
         fail(err)
     color = "green" if decision.action == "promoted" else "yellow"

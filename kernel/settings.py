@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # the promotion gate's margin for every job, in its metric's units; unset: each job's own MARGIN.
     # Negative promotes a challenger unless it is worse by more than that (a retrain on fresher data)
     promotion_margin: float | None = None
+    # the gate lets a challenger trail by this many bootstrap standard errors of the gap (a
+    # non-inferiority test); unset: each job's own TOLERANCE_SE (the offer job's 1.645, others 0)
+    promotion_tolerance_se: float | None = Field(None, ge=0)
     # daily drift report: a served feature or score whose PSI against the champion's training data
     # reaches this is flagged (0.1-0.25 is commonly read as a moderate shift, above 0.25 a major one)
     drift_psi_warning: float = Field(0.25, gt=0)

@@ -107,7 +107,10 @@ def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_diff
     path = MlflowClient().download_artifacts(run.info.run_id, "learner_validation.json")
     validation = pd.DataFrame(json.loads(Path(path).read_text()))
     assert set(validation["learner"]) == {"t", "x", "dr", "r"}  # "auto" tried every learner
-    assert validation.set_index("learner")["validation_qini"].idxmax() == learner
+    # the T-learner unless another one leads it on validation by more than 1.645 standard errors
+    clear = validation[validation["lead_over_default"] > 1.645 * validation["lead_se"]]
+    assert learner == ("t" if clear.empty else clear.set_index("learner")["validation_qini"].idxmax())
+    assert validation["lead_se"].dropna().gt(0).all() and validation["lead_se"].isna().sum() == 1  # the T row
     ours, prop = res.loc[f"{learner}-learner uplift"], res.loc["propensity only"]
     oracle = res.loc["oracle (true uplift)"]
     assert ours["true_qini"] > prop["true_qini"]  # Qini on the true effects: no sampling noise
@@ -227,6 +230,33 @@ def test_promotion_refuses_a_worse_challenger_and_audits_it(settings, trained):
     assert {"actor", "challenger_score", "champion_score", "margin", "at"} <= set(audit.columns)
 
 
+def test_the_offer_gate_lets_a_challenger_trail_by_its_noise_and_audits_how_much(settings, trained):
+    from training.jobs import uplift
+
+    configure(settings)
+    client = MlflowClient()
+    name = settings.model_name("uplift")
+    champion = alias_version(client, name, CHAMPION)
+    other = uplift.run(settings, learner="t", params={"n_estimators": 30, "num_leaves": 2})
+    try:
+        # a margin no Qini can reach: refused, but the gap's noise was measured and recorded
+        strict = promote(settings, "uplift", margin=1.0)
+        assert strict.action == "refused" and strict.tolerance_se == pytest.approx(uplift.TOLERANCE_SE)
+        assert strict.gap_se > 0 and f"SE {strict.gap_se:.4f}" in strict.reason
+        # the default gate: promoted exactly when the challenger is within 1.645 SE of the champion
+        decision = promote(settings, "uplift")
+        bar = decision.champion_score - uplift.TOLERANCE_SE * decision.gap_se
+        assert decision.gap_se == pytest.approx(strict.gap_se)  # the same seeded resamples
+        assert (decision.action == "promoted") == (decision.challenger_score >= bar)
+        audit = history(settings, "uplift")
+        assert audit["gap_se"].iloc[-1] == pytest.approx(decision.gap_se)
+        assert float(audit["tolerance_se"].iloc[-1]) == pytest.approx(uplift.TOLERANCE_SE)
+    finally:  # later tests serve the first champion
+        client.set_registered_model_alias(name, CHAMPION, champion)
+        if alias_version(client, name, CHALLENGER) == other.decision.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+
+
 def test_a_failed_or_interrupted_job_registers_nothing(settings, trained, monkeypatch):
     from training import plots, registry
     from training.jobs import clv
@@ -304,6 +334,8 @@ def test_cli_train_and_models_commands(settings, trained):
     assert res.exit_code == 0 and settings.model_name("uplift") in res.output
     res = runner.invoke(app, cli_args(settings, "models", "promote", "nonsense"))
     assert res.exit_code == 2 and "job must be one of" in res.output
+    res = runner.invoke(app, cli_args(settings, "models", "promote", "uplift", "--tolerance-se", "-1"))
+    assert res.exit_code == 2 and "--tolerance-se" in res.output
     res = runner.invoke(app, cli_args(settings, "models", "history", "churn"))
     assert res.exit_code == 0 and "bootstrapped" in res.output
     res = runner.invoke(app, cli_args(settings, "train", "fraud"))

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -21,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from kernel.constants import CHALLENGER, CHAMPION
 from kernel.model_store import alias_version, load_estimator, use_tracking_store
 from kernel.settings import Settings
+from training.evaluation.metrics import gap_standard_error
 from training.tracking import configure, experiment_id
 
 AUDIT_EXPERIMENT = "loyalty-registry-audit"
@@ -36,6 +38,8 @@ class Decision:
     challenger_score: float | None = None
     champion_score: float | None = None
     margin: float | None = None
+    gap_se: float | None = None  # bootstrap standard error of challenger - champion on the holdout
+    tolerance_se: float | None = None  # the challenger may trail by this many standard errors
     reason: str = ""
     actor: str = ""
     at: str = field(default_factory=lambda: pd.Timestamp.now(tz="UTC").isoformat())
@@ -112,42 +116,53 @@ def _wait_ready(client: MlflowClient, name: str, version: str, timeout_s: float 
         time.sleep(0.2)
 
 
-def promote(settings: Settings, job: str, margin: float | None = None) -> Decision:
-    """Promote the challenger if it beats the champion on the challenger's holdout by ``margin``
-    (default: the setting ``promotion_margin``, else the job's own ``MARGIN``).
+def promote(settings: Settings, job: str, margin: float | None = None, tolerance_se: float | None = None) -> Decision:
+    """Promote the challenger unless it trails the champion on the challenger's holdout.
 
     Both models are re-scored on the same stored holdout with the job's primary metric, so
     the comparison does not depend on numbers logged at different times on different data.
+    The challenger is promoted when ``challenger >= champion + margin - tolerance_se x SE``,
+    SE being the bootstrap standard error of their gap (:func:`gap_standard_error`).
+    ``margin`` defaults to the setting ``promotion_margin``, else the job's ``MARGIN``;
+    ``tolerance_se`` to ``promotion_tolerance_se``, else the job's ``TOLERANCE_SE`` (0: no
+    bootstrap, the scores alone decide).
     """
     from training.jobs import JOBS
 
     spec = JOBS[job]
     if margin is None:
         margin = spec.margin if settings.promotion_margin is None else settings.promotion_margin
+    if tolerance_se is None:
+        tolerance_se = spec.tolerance_se if settings.promotion_tolerance_se is None else settings.promotion_tolerance_se
+    if tolerance_se < 0:
+        raise ValueError(f"tolerance_se must be >= 0 (standard errors), not {tolerance_se}")
     configure(settings)
     client = MlflowClient()
     name = settings.model_name(job)
     challenger = alias_version(client, name, CHALLENGER)
     champion = alias_version(client, name, CHAMPION)
     base = Decision(model=name, action="refused", version=challenger, champion_version=champion, metric=spec.metric)
-    base.margin, base.actor = margin, settings.actor
+    base.margin, base.tolerance_se, base.actor = margin, tolerance_se, settings.actor
     if challenger is None:
         base.reason = "no challenger registered"
         return base  # nothing moved, nothing to audit
     holdout_name = client.get_model_version(name, challenger).tags.get("holdout", "")
     holdout = load_holdout(settings, holdout_name)
-    base.challenger_score = float(spec.score_holdout(load_estimator(name, challenger), holdout))
+    new = load_estimator(name, challenger)
+    base.challenger_score = float(spec.score_holdout(new, holdout))
     if champion is None:
         base.action, base.reason = "promoted", "no champion yet"
     else:
-        base.champion_score = float(spec.score_holdout(load_estimator(name, champion), holdout))
-        if base.challenger_score >= base.champion_score + margin:
-            base.action = "promoted"
-            base.reason = f"{spec.metric} {base.challenger_score:.4f} >= champion {base.champion_score:.4f} + {margin}"
-        else:
-            base.reason = (
-                f"{spec.metric} {base.challenger_score:.4f} < champion {base.champion_score:.4f} + margin {margin}"
-            )
+        old = load_estimator(name, champion)
+        base.champion_score = float(spec.score_holdout(old, holdout))
+        if tolerance_se > 0:
+            members = holdout["member_id"].to_numpy() if "member_id" in holdout else np.arange(len(holdout))
+            scorers = spec.holdout_scorer(new, holdout), spec.holdout_scorer(old, holdout)
+            base.gap_se = gap_standard_error(*scorers, members, seed=settings.seed)
+        promoted, base.reason = gate(
+            spec.metric, base.challenger_score, base.champion_score, margin, base.gap_se or 0.0, tolerance_se
+        )
+        base.action = "promoted" if promoted else "refused"
     if base.action == "promoted":
         client.set_registered_model_alias(name, CHAMPION, challenger)
         client.delete_registered_model_alias(name, CHALLENGER)
@@ -157,6 +172,20 @@ def promote(settings: Settings, job: str, margin: float | None = None) -> Decisi
             client.set_model_version_tag(name, champion, "retired_at", base.at)
     audit(settings, base)
     return base
+
+
+def gate(
+    metric: str, challenger: float, champion: float, margin: float, gap_se: float, tolerance_se: float
+) -> tuple[bool, str]:
+    """(promote?, reason): the challenger must reach ``champion + margin - tolerance_se x gap_se``.
+
+    A tolerance makes it a non-inferiority test: a challenger trained on fresher data replaces
+    the champion unless the holdout shows it worse beyond its own noise."""
+    bar = champion + margin - tolerance_se * gap_se
+    noise = f" - {tolerance_se:g} x SE {gap_se:.4f}" if tolerance_se > 0 else ""
+    if challenger >= bar:
+        return True, f"{metric} {challenger:.4f} >= champion {champion:.4f} + {margin}{noise}"
+    return False, f"{metric} {challenger:.4f} < champion {champion:.4f} + margin {margin}{noise}"
 
 
 def audit(settings: Settings, decision: Decision) -> None:
@@ -186,6 +215,6 @@ def history(settings: Settings, job: str | None = None) -> pd.DataFrame:
         return runs
     cols = {c: c.split(".", 1)[1] for c in runs.columns if c.startswith(("params.", "metrics."))}
     keep = ["at", "model", "action", "version", "champion_version", "metric", "challenger_score", "champion_score"]
-    keep += ["margin", "actor", "reason"]
+    keep += ["margin", "gap_se", "tolerance_se", "actor", "reason"]
     out = runs[list(cols)].rename(columns=cols)
     return out[[c for c in keep if c in out.columns]].sort_values("at").reset_index(drop=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
@@ -68,6 +70,32 @@ def paired_bootstrap_gap(
         i = rng.integers(0, len(y), len(y))
         gaps.append(metric(y[i], p[i]) - metric(y[i], q[i]))
     return float(metric(y, p) - metric(y, q)), float(np.std(gaps))
+
+
+def gap_standard_error(
+    score_a: Callable[[np.ndarray], float],
+    score_b: Callable[[np.ndarray], float],
+    members: np.ndarray,
+    draws: int = 200,
+    seed: int = 0,
+) -> float:
+    """Standard deviation of ``score_a(rows) - score_b(rows)`` over bootstrap resamples of a
+    holdout's rows, both scorers (row positions -> metric) on the same resample: how far one
+    model's lead over another could move on another holdout of the same size. Members
+    (``members``: each row's member) are resampled whole, with all their rows: one member's
+    exposures are not independent draws."""
+    codes, _ = pd.factorize(np.asarray(members))
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(counts), len(counts))
+        lens = counts[pick]
+        rows = order[np.repeat(starts[pick] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())]
+        gaps.append(score_a(rows) - score_b(rows))
+    return float(np.nanstd(gaps))
 
 
 def lift_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
