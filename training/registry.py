@@ -2,7 +2,7 @@
 
 Aliases live in the MLflow model registry of the active profile. Every alias move (and every
 refused promotion) is also written as a run in the ``loyalty-registry-audit`` experiment of the
-same tracking store: who, what, when, both scores and the margin, so the history of
+same tracking store: who, what, when, both scores, the margin and the noise allowed, so the history of
 production models is queryable in the MLflow UI and by :func:`history`.
 """
 

@@ -154,11 +154,12 @@ def choose_learner(
     everything = np.arange(len(valid))
     members = valid["member_id"].to_numpy()
     base = scorers.get(DEFAULT_LEARNER)
+    base_qini = base(everything) if base is not None else np.nan
     rows = []
     for learner, score in scorers.items():
         row = {"learner": learner, "validation_qini": score(everything), "note": f"validation: {how}"}
         if base is not None and learner != DEFAULT_LEARNER:
-            row["lead_over_default"] = row["validation_qini"] - base(everything)
+            row["lead_over_default"] = row["validation_qini"] - base_qini
             row["lead_se"] = gap_standard_error(score, base, members, seed=seed)
         rows.append(row)
     table = pd.DataFrame(rows)
