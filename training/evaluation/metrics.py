@@ -64,12 +64,10 @@ def paired_bootstrap_gap(
     bootstrap resamples of the rows, both scores on the same resample: how far a model's lead
     over a baseline on one holdout could move on another holdout of the same size."""
     y, p, q = np.asarray(y), np.asarray(p), np.asarray(q)
-    rng = np.random.default_rng(seed)
-    gaps = []
-    for _ in range(draws):
-        i = rng.integers(0, len(y), len(y))
-        gaps.append(metric(y[i], p[i]) - metric(y[i], q[i]))
-    return float(metric(y, p) - metric(y, q)), float(np.std(gaps))
+    spread = gap_standard_error(
+        lambda i: metric(y[i], p[i]), lambda i: metric(y[i], q[i]), np.arange(len(y)), draws, seed
+    )
+    return float(metric(y, p) - metric(y, q)), spread
 
 
 def gap_standard_error(
@@ -95,7 +93,7 @@ def gap_standard_error(
         lens = counts[pick]
         rows = order[np.repeat(starts[pick] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())]
         gaps.append(score_a(rows) - score_b(rows))
-    return float(np.nanstd(gaps))
+    return float(np.std(gaps))
 
 
 def lift_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
