@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 
 from cli.daily import DayError, Journal, parse_cadence, parse_day, retrain_due
 from kernel.constants import SERVICE_CAMPAIGN
@@ -141,7 +142,7 @@ def test_the_world_answers_what_was_sent_and_only_that(small_world, tmp_path):
 
     good = effects.loc[effects["economics"] == "expand", "offer_id"].iloc[0]
     bad = effects.loc[effects["economics"] == "adjust: hurts conversion", "offer_id"].iloc[0]
-    answered = {}
+    answered, out_of = {}, {}
     for offer in (good, bad):
         out = _continue(small_world, tmp_path, offer, sends(offer))
         truth = pd.read_parquet(out["dir"] / "ground_truth" / "exposures" / f"{out['tag']}.parquet")
@@ -150,8 +151,13 @@ def test_the_world_answers_what_was_sent_and_only_that(small_world, tmp_path):
         expected = truth["p_convert_treated"].sum()
         assert abs(converted - expected) < 4 * np.sqrt(expected) + 2, (offer, converted, expected)
         answered[offer] = converted
+        out_of[offer] = out["tables"]
         assert len(out["tables"]["exposures"]) == len(members)
     assert answered[good] > answered[bad]  # what the service chose changed what happened
+    # the same sends listed in another order (the service's decision ids are random): the same world
+    shuffled = _continue(small_world, tmp_path, "shuffled", sends(good).sample(frac=1.0, random_state=1))
+    for table, rows in shuffled["tables"].items():
+        assert_frame_equal(rows, out_of[good][table], obj=table)
 
 
 def test_an_advance_refuses_sends_outside_its_days(small_world, tmp_path):

@@ -8,7 +8,10 @@ purchases, churn, weekly contacts and their opens, points earned. Each offer the
 (``treatment``) or held out (``control``) is answered from the true response model, so what the
 service chose, explored or held back changes what happens next; a policy that sends nothing
 changes nothing. Conversions land up to ``response_window_days`` after the exposure; those past
-the last simulated day wait in ``ground_truth/pending`` for the next advance.
+the last simulated day wait in ``ground_truth/pending`` for the next advance. The answers draw
+from their own random stream, over the sends in a fixed order (time, member, offer): the same
+sends give the same world whatever order the log lists them in (the service's decision ids are
+random), and sending changes the rest of the world only through what the answers cause.
 
 Output: the days' new rows per contract table (the retailer's daily export), and ground truth
 extended with the days (``ground_truth/exposures/<tag>.parquet``: each exposure's true conversion
@@ -80,7 +83,11 @@ def advance_world(dataset_dir: Path, days: int, sent: pd.DataFrame, members: pd.
     d0 = int(meta.get("days_simulated", cfg.days))
     start = cfg.start_ts + pd.Timedelta(days=d0)
     end = start + pd.Timedelta(days=days)
-    sent = sent.reindex(columns=SENT_COLUMNS)
+    sent = (
+        sent.reindex(columns=SENT_COLUMNS)
+        .sort_values(["ts", "member_id", "offer_id", "channel", "campaign_id", "exposure_id"], kind="stable")
+        .reset_index(drop=True)
+    )
     outside = (sent["ts"] < start) | (sent["ts"] >= end)
     if outside.any():
         raise WorldError(f"{int(outside.sum())} exposures fall outside the advanced days [{start}, {end})")
@@ -124,6 +131,7 @@ def _advance_chunk(cfg, cat, chunk_no, first, n, d0, days, state, pending, sent,
     # the latent draws come first from the chunk's own stream: the same members as simulated
     lat = _make_latent(cfg, cat, np.random.default_rng(np.random.SeedSequence([cfg.seed, chunk_no])), first, n)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, chunk_no, 1_000_000 + d0]))
+    answer_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, chunk_no, 2_000_000 + d0]))
     row_of = pd.Index(lat.ids)
     alive = state["alive"].fillna(False).to_numpy(bool)
     recency = state["recency"].fillna(0.0).to_numpy(float)
@@ -151,10 +159,10 @@ def _advance_chunk(cfg, cat, chunk_no, first, n, d0, days, state, pending, sent,
             treated = today["treatment"].to_numpy(bool)
             p0, p1 = _conversion_probs(lat, cat_pref, effect, offer_cat, rows, oidx)
             p0, p1 = p0 * active[rows], p1 * active[rows]  # members who have left never answer
-            converted = rng.random(len(rows)) < np.where(treated, p1, p0)
+            converted = answer_rng.random(len(rows)) < np.where(treated, p1, p0)
             redeem_rate = effect["redeem_rate"].to_numpy()[oidx]
-            redeemed = converted & treated & (rng.random(len(rows)) < redeem_rate)
-            delay = rng.integers(0, cfg.response_window_days, len(rows))
+            redeemed = converted & treated & (answer_rng.random(len(rows)) < redeem_rate)
+            delay = answer_rng.integers(0, cfg.response_window_days, len(rows))
             bought[rows[converted]] = True
             conversions.append(
                 pd.DataFrame(

@@ -32,6 +32,7 @@ DEFAULT_LEARNER = "t"
 MAX_WEIGHT = 20.0  # inverse-propensity weights are clipped: a few rare choices must not carry an arm
 LOGGED_HOLDOUT_SHARE, MIN_LOGGED_FOR_HOLDOUT = 0.3, 300  # the service's latest logs join the holdout
 OUTCOMES = ["treatment", "converted", "redeemed", "revenue", "propensity", "campaign_id", "exposure_id", "channel"]
+ORDER = ["event_timestamp", "member_id", "offer_id", "campaign_id", "channel", "exposure_id"]  # training rows
 
 
 def features_only(frame: pd.DataFrame) -> pd.DataFrame:
@@ -188,6 +189,9 @@ def run(
     exp = exp if keep.all() else exp[keep]
     entity = exp.rename(columns={"ts": "event_timestamp"})[["member_id", "event_timestamp", "offer_id", *OUTCOMES]]
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"]).dt.tz_localize("UTC")
+    # rows in a fixed order, not the import's: the service's exposure ids are random, and the
+    # trees depend on row order, so the same data must give the same model
+    entity = entity.sort_values(ORDER, kind="stable").reset_index(drop=True)
     has_control = entity["treatment"].nunique() == 2
     logged = entity["campaign_id"] == SERVICE_CAMPAIGN
     with job_run(settings, "uplift", SERVICE, feature_refs(ctx, SERVICE), has_control=has_control) as run:
