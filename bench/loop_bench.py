@@ -13,7 +13,11 @@ Per week: the true incremental margin of what the NBO sent, and of the oracle (b
 propensity-only (highest predicted redemption) and random policies on the same cohort members
 (those not held out), the same eligible offers and the same number of sends. The learning curve
 (each policy's share of the oracle) goes to MLflow (experiment ``loyalty-loop-bench``) as a table
-and a plot. Last line: ``SUMMARY loop_bench weeks=8 nbo_over_oracle_week1=X nbo_over_oracle_week8=Y``.
+and a plot. Each week's NBO share carries its bootstrap standard error (the week's cohort
+members resampled whole, :data:`DRAWS` times): how far two weeks must differ to differ at all.
+Last line: ``SUMMARY loop_bench weeks=8 nbo_over_oracle_week1=X nbo_over_oracle_week8=Y
+clear_drops=N`` (weeks whose share fell from the week before by more than 1.645 standard
+errors of the difference).
 
 A run is reproducible: the same arguments give the same table (``--seed`` sets the world, the
 models, the service's exploration and the cohorts; another seed is another independent run).
@@ -29,11 +33,14 @@ import time
 import warnings
 from pathlib import Path
 
-warnings.filterwarnings("ignore")
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
+DRAWS = 500  # bootstrap resamples of a week's cohort members for the share's standard error
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore")  # here, not at import: the tests import this module
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=2000)
     ap.add_argument("--weeks", type=int, default=8)
@@ -56,7 +63,6 @@ def main() -> None:
     if args.data_dir.exists() and any(args.data_dir.iterdir()):
         ap.error(f"--data-dir {args.data_dir} is not empty: the loop starts from a fresh world (and its own registry)")
 
-    import numpy as np
     import pandas as pd
 
     from kernel.curated import load_curated
@@ -86,7 +92,7 @@ def main() -> None:
     rows = []
     for week in range(1, args.weeks + 1):
         totals = dict.fromkeys(("nbo", "oracle", "propensity_only", "random"), 0.0)
-        sends = 0
+        sends, units = 0, []
         for _ in range(7):
             day = world_end(settings.ground_truth_dir)
             ts = int((day + pd.Timedelta(hours=10)).timestamp())
@@ -99,7 +105,9 @@ def main() -> None:
             pairs["random"] = rng.random(len(pairs))
             sent = pd.MultiIndex.from_tuples(list(result.offers.items()), names=["member_id", "offer_id"])
             sent_value = values.reindex(sent).fillna(0).to_numpy()
-            totals["nbo"] += float((sent_value * alive.reindex(sent.get_level_values(0)).to_numpy()).sum())
+            sent_value = sent_value * alive.reindex(sent.get_level_values(0)).to_numpy()
+            totals["nbo"] += float(sent_value.sum())
+            per_member = {"nbo": pd.Series(sent_value, index=sent.get_level_values(0)).groupby(level=0).sum()}
             reached = pairs[~pairs["member_id"].isin(result.control)]  # the control group gets nothing
             stock = runtime.stock_left().clip(lower=0).astype(int).to_dict()
             for policy, score, positive in (
@@ -107,13 +115,18 @@ def main() -> None:
                 ("propensity_only", "p_redeem", False),
                 ("random", "random", False),
             ):
-                totals[policy] += float(pick(reached, score, result.sent, stock, positive)["true_value"].sum())
+                chosen = pick(reached, score, result.sent, stock, positive)
+                totals[policy] += float(chosen["true_value"].sum())
+                per_member[policy] = chosen.groupby("member_id")["true_value"].sum()
+            units.append(pd.DataFrame({k: v.reindex(cohort).fillna(0.0).to_numpy() for k, v in per_member.items()}))
             sends += result.sent
             _cli(env, "data", "simulate", "--advance", "1")
             daily = ["daily", "--as-of", str((day + pd.Timedelta(days=1)).date()), "--retrain-every", "7d"]
             _cli(env, *daily, "--job", "uplift", "--job", "churn")
             runtime.refresh_models()
         oracle = totals["oracle"]
+        week_units = pd.concat(units, ignore_index=True)  # one row per (day, cohort member)
+        se = share_se(week_units["nbo"].to_numpy(), week_units["oracle"].to_numpy(), week)
         for policy, value in totals.items():
             rows.append(
                 {
@@ -121,6 +134,7 @@ def main() -> None:
                     "policy": policy,
                     "true_incremental_margin": round(value, 2),
                     "share_of_oracle": round(value / oracle, 3) if oracle > 0 else float("nan"),
+                    "share_se": round(se, 3) if policy == "nbo" else float("nan"),
                     "sends": sends,
                     "uplift_version": runtime.served.versions.get("uplift"),
                 }
@@ -129,14 +143,31 @@ def main() -> None:
         print(week_rows.to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     _log(settings, table, args)
-    curve = table[table["policy"] == "nbo"].set_index("week")["share_of_oracle"]
+    nbo = table[table["policy"] == "nbo"].set_index("week")
+    curve, se = nbo["share_of_oracle"], nbo["share_se"]
+    drops = clear_drops(curve.to_numpy(), se.to_numpy())
     with pd.option_context("display.width", 200):
-        print(table.pivot(index="week", columns="policy", values="share_of_oracle").to_string())
+        print(table.pivot(index="week", columns="policy", values="share_of_oracle").assign(nbo_se=se).to_string())
     print(f"loop took {time.perf_counter() - started:.0f} s")
     print(
         f"SUMMARY loop_bench weeks={args.weeks} nbo_over_oracle_week1={curve.iloc[0]:.2f}"
-        f" nbo_over_oracle_week{args.weeks}={curve.iloc[-1]:.2f}"
+        f" nbo_over_oracle_week{args.weeks}={curve.iloc[-1]:.2f} clear_drops={drops}"
     )
+
+
+def share_se(policy: np.ndarray, oracle: np.ndarray, seed: int) -> float:
+    """Bootstrap standard error of sum(policy) / sum(oracle) over units resampled whole."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(policy), (DRAWS, len(policy)))
+    ratios = policy[idx].sum(axis=1) / oracle[idx].sum(axis=1)
+    return float(np.std(ratios))
+
+
+def clear_drops(curve: np.ndarray, se: np.ndarray, z: float = 1.645) -> int:
+    """Weeks whose share fell below the week before by more than ``z`` standard errors of the
+    difference (the weeks' cohorts are independent draws)."""
+    diff, sd = np.diff(curve), np.sqrt(se[1:] ** 2 + se[:-1] ** 2)
+    return int((diff < -z * sd).sum())
 
 
 def _cli(env: dict, *args: str) -> None:
@@ -166,6 +197,7 @@ def _log(settings, table, args) -> None:
         )
         for r in table[table["policy"] == "nbo"].itertuples():
             mlflow.log_metric("nbo_over_oracle", r.share_of_oracle, step=r.week)
+            mlflow.log_metric("nbo_share_se", r.share_se, step=r.week)
         log_table(table, "learning_curve.json")
         mlflow.log_figure(plots.learning_curve(table), "plots/learning_curve.png")
 
