@@ -11,7 +11,8 @@ changes nothing. Conversions land up to ``response_window_days`` after the expos
 the last simulated day wait in ``ground_truth/pending`` for the next advance. The answers draw
 from their own random stream, over the sends in a fixed order (time, member, offer): the same
 sends give the same world whatever order the log lists them in (the service's decision ids are
-random), and sending changes the rest of the world only through what the answers cause.
+random), and the days' purchase counts, contacts and churn no longer draw differently with the
+number of sends.
 
 Output: the days' new rows per contract table (the retailer's daily export), and ground truth
 extended with the days (``ground_truth/exposures/<tag>.parquet``: each exposure's true conversion
