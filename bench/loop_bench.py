@@ -13,8 +13,8 @@ Per week: the true incremental margin of what the NBO sent, and of the oracle (b
 propensity-only (highest predicted redemption) and random policies on the same cohort members
 (those not held out), the same eligible offers and the same number of sends. The learning curve
 (each policy's share of the oracle) goes to MLflow (experiment ``loyalty-loop-bench``) as a table
-and a plot. Each week's NBO share carries its bootstrap standard error (the week's cohort
-members resampled whole, :data:`DRAWS` times): how far two weeks must differ to differ at all.
+and a plot. Each week's NBO share carries its bootstrap standard error (the week's (day, cohort
+member) units resampled, :data:`DRAWS` times): how far two weeks must differ to differ at all.
 Last line: ``SUMMARY loop_bench weeks=8 nbo_over_oracle_week1=X nbo_over_oracle_week8=Y
 clear_drops=N`` (weeks whose share fell from the week before by more than 1.645 standard
 errors of the difference).
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DRAWS = 500  # bootstrap resamples of a week's cohort members for the share's standard error
+DRAWS = 500  # bootstrap resamples of a week's (day, cohort member) units for the share's standard error
 
 
 def main() -> None:
