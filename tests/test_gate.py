@@ -119,6 +119,20 @@ def _two_campaigns(n=4000, seed=2):
     )
 
 
+def test_a_refitted_offer_model_is_gated_through_its_holdout_twin():
+    """The registered offer model learned from its holdout; the gate must score the fit that did not."""
+    from training.jobs import uplift
+
+    frame = _two_campaigns()
+    twin = _Fixed("true_effect")
+    refitted = uplift.with_twin(_Fixed("noise"), twin)
+    assert uplift.gate_view(refitted) is twin and uplift.gate_view(twin) is twin  # no twin: itself
+    assert uplift.score_holdout(refitted, frame) == uplift.score_holdout(twin, frame)
+    assert uplift.score_holdout(refitted, frame) > uplift.score_holdout(_Fixed("noise"), frame) + 0.01
+    rows = np.arange(0, len(frame), 2)
+    assert uplift.holdout_scorer(refitted, frame)(rows) == uplift.holdout_scorer(twin, frame)(rows)
+
+
 @pytest.mark.parametrize(
     ("columns", "expected"),
     [

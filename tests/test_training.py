@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from kernel.constants import CHURN_SNAPSHOT_DECAY
 from tests.conftest import cli_args
-from training.registry import CHALLENGER, CHAMPION, alias_version, history, promote
+from training.registry import CHALLENGER, CHAMPION, alias_version, history, load_holdout, promote
 from training.tracking import configure
 
 
@@ -97,6 +97,15 @@ def test_the_offer_job_trains_on_the_members_sample_as_churn_does(settings, pipe
     expected = exposed[sampled_members(exposed, 1000, settings.seed)].nunique()  # the churn job's members
     assert int(run.data.params["training_members"]) == expected < 1200 < exposed.nunique()
     assert f"hash sample of {expected:,} members" in run.data.tags["data_used"]
+    # the registered model is refitted on every row; its holdout twin is what the metrics describe
+    params = run.data.params
+    assert int(params["refit_rows"]) == int(params["train_rows"]) + int(params["test_rows"])
+    twin = uplift.gate_view(result.model)
+    assert twin is not result.model and type(twin) is type(result.model)
+    holdout = load_holdout(settings, run.data.tags["holdout"])
+    assert uplift.score_holdout(result.model, holdout) == pytest.approx(result.metrics["qini"], abs=1e-12)
+    features = uplift.features_only(holdout)
+    assert not np.allclose(result.model.predict(features)["uplift"], twin.predict(features)["uplift"])
 
 
 def test_uplift_ranks_better_than_propensity_where_the_simulator_makes_them_differ(settings, trained):

@@ -1,8 +1,12 @@
 """Offer job: redemption propensity and treatment effect (uplift) from campaign exposures.
 
-Temporal holdout: the latest campaign is the test set; earlier campaigns train. Member
-features come from Feast as of each exposure. Where exposures have no control group (the
-Complete Journey campaigns), only the propensity is learned and the run says so.
+Temporal holdout: the latest campaign (and the service's latest logs) is the test set; earlier
+ones train. The registered model is then refitted on every row, holdout included: a programme
+runs few randomised tests, and the latest is the one it can least afford to leave out. The fit
+without the holdout travels inside it as its holdout twin (:data:`TWIN`), and the promotion
+gate scores twins, so a champion is never compared on rows it learned from. Member features
+come from Feast as of each exposure. Where exposures have no control group (the Complete
+Journey campaigns), only the propensity is learned and the run says so.
 """
 
 from __future__ import annotations
@@ -33,6 +37,20 @@ MAX_WEIGHT = 20.0  # inverse-propensity weights are clipped: a few rare choices 
 LOGGED_HOLDOUT_SHARE, MIN_LOGGED_FOR_HOLDOUT = 0.3, 300  # the service's latest logs join the holdout
 OUTCOMES = ["treatment", "converted", "redeemed", "revenue", "propensity", "campaign_id", "exposure_id", "channel"]
 ORDER = ["event_timestamp", "member_id", "offer_id", "campaign_id", "channel", "exposure_id"]  # training rows
+TWIN = "holdout_twin_"  # attribute of a registered model: the same learner fitted without its holdout
+
+
+def gate_view(model):
+    """What the gate scores for ``model``: its holdout twin where it has one (a model refitted
+    on its holdout would score its own training rows), else the model itself."""
+    twin = getattr(model, TWIN, None)
+    return model if twin is None else twin
+
+
+def with_twin(refitted, twin):
+    """``refitted`` (fitted on every row) carrying ``twin`` (fitted without the holdout)."""
+    setattr(refitted, TWIN, twin)
+    return refitted
 
 
 def features_only(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +63,9 @@ def score_holdout(model, holdout: pd.DataFrame) -> float:
 
 def holdout_scorer(model, holdout: pd.DataFrame):
     """row positions -> the gate's metric on those rows of ``holdout``, the model's predictions
-    made once (the gate's bootstrap scores hundreds of resamples)."""
+    made once (the gate's bootstrap scores hundreds of resamples). A refitted model is scored
+    through its holdout twin (:func:`gate_view`)."""
+    model = gate_view(model)
     pred = model.predict(features_only(holdout))
     outcomes = holdout[[c for c in OUTCOMES if c in holdout]]
 
@@ -232,9 +252,14 @@ def run(
                 "no control group in these exposures: uplift is not identified, so only the propensity is learned"
             )
             mlflow.set_tag("note", notes[-1])
-            model = PropensityModel(params=params, seed=settings.seed).fit(
-                features_only(train), train["redeemed"], train["revenue"]
-            )
+
+            def fit(rows: pd.DataFrame) -> PropensityModel:
+                return PropensityModel(params=params, seed=settings.seed).fit(
+                    features_only(rows), rows["redeemed"], rows["revenue"]
+                )
+
+            model = fit(train)
+            served = fit(frame)
             pred = model.predict(features_only(test))
             metrics = classification_metrics(test["redeemed"], pred["p_redeem"])
             offer_rate = train.groupby("offer_id")["redeemed"].mean()
@@ -246,6 +271,7 @@ def run(
             metric_name = "redeem_roc_auc"
         else:
             model = fit_uplift(train, chosen, params, settings.seed)
+            served = fit_uplift(frame, chosen, params, settings.seed)
             pred = model.predict(features_only(test))
             t, y = test["treatment"].to_numpy(), test["converted"].to_numpy()
             true_uplift = _true_uplift(ctx, test) if ctx.simulated else None
@@ -280,22 +306,28 @@ def run(
                     " campaigns; the true_* rows (true effects) are the fair comparison"
                 )
         mlflow.log_param("order_value", _order_value_note(model, pred))
+        mlflow.log_param("refit_rows", len(frame))
+        notes.append(
+            f"holdout metrics are those of the fit on {len(train)} training rows (the holdout twin, which the"
+            f" gate scores); the registered model is the same learner refitted on all {len(frame)} rows"
+        )
         comparison = pd.DataFrame(rows).T
         log_table(comparison.reset_index(names="model"), "comparison.json")
-        cols = model.features_.columns_ + ["offer_id"]
+        served = with_twin(served, model)
+        cols = served.features_.columns_ + ["offer_id"]
         decision = finish(
             settings,
             "uplift",
-            model,
+            served,
             "uplift",
             model_input(test.head(5), cols),
             metric_name,
             metric_value,
             test,
             register_model,
-            train=train,
+            train=frame,
         )
-        return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes, model)
+        return JobResult("uplift", run.info.run_id, metrics, comparison, decision, notes, served)
 
 
 def _order_value_note(model, pred: pd.DataFrame) -> str:
