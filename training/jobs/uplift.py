@@ -110,8 +110,8 @@ def split_logged(logged: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The service's own closed exposures -> (train, holdout): the latest
     :data:`LOGGED_HOLDOUT_SHARE` of them by time are held out once there are
     :data:`MIN_LOGGED_FOR_HOLDOUT`. A randomised campaign tests one offer; these test the choice
-    between offers that the policy makes. Holdouts only move forward in time, so a champion never
-    trained on the rows its challenger is compared on."""
+    between offers that the policy makes. Holdouts only move forward in time, so a champion's
+    holdout twin (what the gate scores) never trained on the rows its challenger is compared on."""
     if len(logged) < MIN_LOGGED_FOR_HOLDOUT:
         return logged, logged.iloc[:0]
     ts = pd.to_datetime(logged["event_timestamp"])
