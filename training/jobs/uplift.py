@@ -158,6 +158,11 @@ def fit_uplift(frame: pd.DataFrame, learner: str, params: dict | None, seed: int
     )
 
 
+def fit_propensity(frame: pd.DataFrame, params: dict | None, seed: int) -> PropensityModel:
+    """Where exposures have no control arm: P(redeem) and what a response is worth."""
+    return PropensityModel(params=params, seed=seed).fit(features_only(frame), frame["redeemed"], frame["revenue"])
+
+
 def choose_learner(
     train: pd.DataFrame, params: dict | None, seed: int, candidates: tuple[str, ...] = LEARNERS
 ) -> tuple[str, pd.DataFrame]:
@@ -252,14 +257,8 @@ def run(
                 "no control group in these exposures: uplift is not identified, so only the propensity is learned"
             )
             mlflow.set_tag("note", notes[-1])
-
-            def fit(rows: pd.DataFrame) -> PropensityModel:
-                return PropensityModel(params=params, seed=settings.seed).fit(
-                    features_only(rows), rows["redeemed"], rows["revenue"]
-                )
-
-            model = fit(train)
-            served = fit(frame)
+            model = fit_propensity(train, params, settings.seed)
+            served = fit_propensity(frame, params, settings.seed)
             pred = model.predict(features_only(test))
             metrics = classification_metrics(test["redeemed"], pred["p_redeem"])
             offer_rate = train.groupby("offer_id")["redeemed"].mean()
