@@ -1,9 +1,19 @@
-"""Member value: expected spend over a horizon (LightGBM Tweedie), LoyaltyIndex and RFM segments.
+"""Member value: expected spend over a horizon, ordered by expected rank; LoyaltyIndex and RFM segments.
 
-The regression reads the Feast features, buy-till-you-die scores (BG/NBD expected purchases x
-Gamma-Gamma spend, ``member_btyd``) among them, and is validated point-in-time on the same holdout
-window as churn; the 12-month figure annualises the horizon prediction. Tree count and size are
-chosen on a fifth of the members held out (early stopping), then the booster is refitted on all.
+Most members spend nothing in a window and a few spend very much, so ordering members by expected
+spend lets a handful of big baskets decide the order. The model orders them by their expected rank
+of spend instead (non-buyers share one tied rank, as in the Spearman correlation the value is
+scored by): with ``z`` the non-buyers' share, ``z / 2 + P(buy) x (z / 2 + (1 - z) x E[q | buy])``,
+``q`` a buyer's quantile among that window's buyers. P(buy) is a LightGBM classifier (training
+snapshots weighted by the caller, as churn weighs them); E[q | buy] averages an L2 booster and a
+ridge regression on signed-log features (:mod:`models.linear`), both fitted on the buyers and each
+clipped to 0..1. A fixed, strictly increasing map (isotonic regression of the training rows' spend
+on their score) turns it into currency: the horizon value is the mean spend of training members
+with a similar score.
+
+Both boosters read the Feast features, buy-till-you-die scores (``member_btyd``) among them; tree
+count and size are chosen on a fifth of the members held out (early stopping), then each is
+refitted on all. The 12-month figure annualises the horizon value.
 """
 
 from __future__ import annotations
@@ -11,13 +21,13 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import GroupShuffleSplit
 
 from models.features import SIZE_PARAMS, FeatureMatrix, fit_best_size
+from models.linear import SignedLogRidge
 
 PARAMS = {
-    "objective": "tweedie",
-    "tweedie_variance_power": 1.3,  # many zeros (no spend) and a long right tail
     "n_estimators": 1000,  # the ceiling: early stopping on the held-out members picks the count
     "learning_rate": 0.05,
     "num_leaves": 31,
@@ -33,11 +43,15 @@ PARAMS = {
 }
 EARLY_STOPPING_ROUNDS = 50
 HELD_OUT_SHARE = 0.2
-COMPLEXITY_GRID = (  # as for churn: lowest held-out Tweedie deviance wins
+COMPLEXITY_GRID = (  # as for churn: lowest held-out loss wins (log loss for P(buy), L2 for the quantile)
     {"num_leaves": 7, "min_child_samples": 50},
     {"num_leaves": 15, "min_child_samples": 50},
     {"num_leaves": 31, "min_child_samples": 40},
 )
+RIDGE_ALPHA = 10.0
+# The value map is flat where the isotonic regression is; this many currency units per unit of
+# expected rank keep the model's order there (a member's value moves by at most 1e-6)
+TIE_BREAK = 1e-6
 RFM_SEGMENTS = (  # (name, rule on R/F/M quintile scores 1..5), first match wins
     ("champions", lambda r, f, m: (r >= 4) & (f >= 4) & (m >= 4)),
     ("loyal", lambda r, f, m: (r >= 3) & (f >= 4)),
@@ -56,34 +70,104 @@ class CLVModel:
         self.params = params or {}
         self.seed = seed
 
-    def fit(self, X: pd.DataFrame, spend: np.ndarray, groups: np.ndarray | None = None) -> CLVModel:
-        """``groups``: member ids, so that a member's rows are held out together."""
+    def fit(
+        self,
+        X: pd.DataFrame,
+        spend: np.ndarray,
+        groups: np.ndarray | None = None,
+        snapshots: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> CLVModel:
+        """``groups``: member ids, so that a member's rows are held out together. ``snapshots``: each
+        row's cutoff (quantiles of spend are taken within a snapshot; the non-buyers' share is the
+        latest one's); none: one snapshot. ``sample_weight``: the P(buy) booster's and the value
+        map's row weights (e.g. later snapshots counting more)."""
+        y = np.clip(np.nan_to_num(np.asarray(spend, dtype=float)), 0, None)
+        buy = y > 0
+        if buy.sum() < 2:
+            raise ValueError("spend: fewer than two rows with spend above 0; a value model needs buyers")
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        if w.shape != y.shape or not np.isfinite(w).all() or (w < 0).any() or not w.any():
+            raise ValueError("sample_weight must hold one finite, non-negative weight per row, not all zero")
+        snap = pd.Series(np.zeros(len(y)) if snapshots is None else np.asarray(snapshots))
         self.features_ = FeatureMatrix().fit(X)
-        M, y = self.features_.transform(X), np.clip(np.asarray(spend, dtype=float), 0, None)
-        params = PARAMS | self.params
-        if "n_estimators" not in self.params:  # the caller's count is kept; otherwise early stopping
-            groups = np.arange(len(X)) if groups is None else np.asarray(groups)
-            split = GroupShuffleSplit(n_splits=1, test_size=HELD_OUT_SHARE, random_state=self.seed)
-            fit_idx, held_idx = next(split.split(M, y, groups))
+        M, encoded = self.features_.transform(X), self.features_.to_numpy(X)
+        numeric = np.array([c not in self.features_.categorical_ for c in self.features_.columns_])
+        self.non_buyers_ = float(1 - buy[(snap == snap.max()).to_numpy()].mean())
+        quantile = pd.Series(np.where(buy, y, np.nan)).groupby(snap.to_numpy()).rank(pct=True).to_numpy()
+
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        split = GroupShuffleSplit(n_splits=1, test_size=HELD_OUT_SHARE, random_state=self.seed)
+        fit_idx, held_idx = next(split.split(M, y, groups))
+        self.complexity_, trees = {}, 0
+        if buy.all():  # everyone bought: P(buy) is 1
+            self.buy_ = None
+        else:
+            self.buy_, n = self._booster(lgb.LGBMClassifier, M, buy.astype(int), w, fit_idx, held_idx, "buy")
+            trees += n
+        fit_buyers, held_buyers = fit_idx[buy[fit_idx]], held_idx[buy[held_idx]]
+        self.amount_, n = self._booster(
+            lgb.LGBMRegressor, M, quantile, None, fit_buyers, held_buyers, "amount", rows=buy
+        )
+        self.n_trees_ = trees + n
+        self.ridge_ = SignedLogRidge(alpha=RIDGE_ALPHA).fit(encoded[buy], quantile[buy], numeric)
+
+        # the map to currency reads the training rows' own scores; fitted instead on a held-out fifth
+        # scored by models that did not see it, its holdout RMSE was worse on all three public sets
+        # (bench/RESULTS.md)
+        score = _expected_rank(self.buy_, self.amount_, self.ridge_, self.non_buyers_, M, encoded)
+        iso = IsotonicRegression(out_of_bounds="clip").fit(score, y, sample_weight=w)
+        level = iso.predict(score)
+        knots = pd.DataFrame({"score": score, "level": level}).groupby("level")["score"].mean()
+        self.map_score_, self.map_value_ = knots.to_numpy(), knots.index.to_numpy()  # both increasing
+        return self
+
+    def _booster(self, estimator, M, target, w, fit_idx, held_idx, name, rows=None):
+        """One booster: size and tree count chosen on the held-out members (unless the caller set
+        the count), then refitted on ``rows`` (all by default) with them. Returns it and its tree count."""
+        params = PARAMS | self.params | ({"objective": "regression"} if estimator is lgb.LGBMRegressor else {})
+        weights = None if w is None else w[fit_idx]
+        if "n_estimators" not in self.params and len(held_idx) and len(np.unique(target[held_idx])) > 1:
             size, best = fit_best_size(
-                lgb.LGBMRegressor,
+                estimator,
                 COMPLEXITY_GRID,
                 params,
                 self.params,
                 self.seed,
-                (M.iloc[fit_idx], y[fit_idx]),
-                (M.iloc[held_idx], y[held_idx]),
+                (M.iloc[fit_idx], target[fit_idx]),
+                (M.iloc[held_idx], target[held_idx]),
                 EARLY_STOPPING_ROUNDS,
+                weights,
             )
-            trees = int(best.best_iteration_ or params["n_estimators"])
-            params = params | size | {"n_estimators": trees}
-        self.n_trees_ = int(params["n_estimators"])
-        self.complexity_ = {k: params[k] for k in SIZE_PARAMS}
-        self.model_ = lgb.LGBMRegressor(**params, random_state=self.seed).fit(M, y)
-        return self
+            params = params | size | {"n_estimators": int(best.best_iteration_ or params["n_estimators"])}
+        self.complexity_ |= {f"{name}_{k}": params[k] for k in SIZE_PARAMS}
+        rows = np.arange(len(target)) if rows is None else np.flatnonzero(rows)
+        model = estimator(**params, random_state=self.seed).fit(
+            M.iloc[rows], target[rows], sample_weight=None if w is None else w[rows]
+        )
+        return model, int(params["n_estimators"])
+
+    def expected_rank(self, X: pd.DataFrame) -> np.ndarray:
+        """Each member's expected rank of spend in the horizon on 0..1: the order the value keeps."""
+        parts = (self.buy_, self.amount_, self.ridge_)
+        return _expected_rank(*parts, self.non_buyers_, self.features_.transform(X), self.features_.to_numpy(X))
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return np.clip(self.model_.predict(self.features_.transform(X)), 0, None)
+        """Expected spend over the horizon (currency), in the order of :meth:`expected_rank`."""
+        if not hasattr(self, "amount_"):  # a model saved before the expected rank: one Tweedie booster
+            return np.clip(self.model_.predict(self.features_.transform(X)), 0, None)
+        score = self.expected_rank(X)
+        return np.interp(score, self.map_score_, self.map_value_) + TIE_BREAK * score
+
+    @property
+    def feature_gain_(self) -> np.ndarray:
+        """Each feature's split gain, summed over both boosters after scaling each to a total of 1."""
+        total = np.zeros(len(self.features_.columns_))
+        for booster in (self.buy_, self.amount_):
+            if booster is not None:
+                gain = booster.booster_.feature_importance("gain")
+                total += gain / gain.sum() if gain.sum() > 0 else 0.0
+        return total
 
     def value(self, X: pd.DataFrame) -> pd.DataFrame:
         """Horizon value, 12-month value, LoyaltyIndex and RFM segment per row."""
@@ -100,6 +184,17 @@ class CLVModel:
             },
             index=X.index,
         )
+
+
+def _expected_rank(buy, amount, ridge, non_buyers: float, M: pd.DataFrame, encoded: np.ndarray) -> np.ndarray:
+    """Expected rank of spend on 0..1 (non-buyers tied at ``non_buyers / 2``) from a P(buy)
+    classifier (None: everyone buys) and the two estimates of a buyer's quantile."""
+    p_buy = np.ones(len(M)) if buy is None else buy.predict_proba(M)[:, 1]
+    # each estimate is clipped to the quantiles' range before the two are averaged: far outside
+    # the training rows (CDNOW's long-dormant members) the ridge extrapolates, and averaged
+    # unclipped it cost 0.035 Spearman there (bench/RESULTS.md)
+    q = (np.clip(amount.predict(M), 0, 1) + np.clip(ridge.predict(encoded), 0, 1)) / 2
+    return non_buyers / 2 + p_buy * (non_buyers / 2 + (1 - non_buyers) * q)
 
 
 def loyalty_index(clv_12m, frequency_365d, aov_365d) -> np.ndarray:

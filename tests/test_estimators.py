@@ -147,7 +147,7 @@ def test_churn_job_rejects_a_bad_snapshot_decay_before_any_run_starts(tmp_path):
 
 def test_clv_defaults_do_no_worse_than_plain_lightgbm_on_a_generic_spend_table():
     """Spend with many zeros and a long tail (a Tweedie-like table), 3-fold: rank correlation at
-    least plain ``LGBMRegressor()``'s, with the tree count chosen by early stopping."""
+    least plain ``LGBMRegressor()``'s, with the tree counts chosen by early stopping."""
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold
 
@@ -180,6 +180,84 @@ def test_clv_trees_do_not_depend_on_the_seed():
     y = np.where(rng.random(len(X)) < 0.3, np.exp(X["f0"]), 0.0)
     first, second = (CLVModel(params={"n_estimators": 60}, seed=s).fit(X, y).predict(X) for s in (1, 2))
     np.testing.assert_array_equal(first, second)
+
+
+def _spend_table(n: int = 3000, seed: int = 5) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Two snapshots of spend: buying depends on f0, the amount on f1; the later snapshot spends 10x."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, 5)), columns=[f"f{i}" for i in range(5)])
+    snapshot = np.where(np.arange(n) < n // 2, 1, 2)
+    buys = rng.random(n) < 1 / (1 + np.exp(-1.5 * X["f0"]))
+    y = np.where(buys, rng.gamma(2.0, np.exp(0.7 * X["f1"])) * np.where(snapshot == 2, 10.0, 1.0), 0.0)
+    return X, y, snapshot
+
+
+@pytest.mark.unit
+def test_clv_value_keeps_the_expected_rank_order_and_is_in_currency():
+    """The value is a strictly increasing map of the expected rank (no ties the rank does not
+    have), so it orders members exactly as the rank does, and it is currency: in-sample its
+    weighted mean is that of spend (interpolated between the isotonic steps' centres, not equal)."""
+    from scipy.stats import spearmanr
+
+    from models.clv import CLVModel
+
+    X, y, snapshot = _spend_table()
+    weights = np.where(snapshot == 2, 1.0, 0.2)
+    model = CLVModel().fit(X, y, snapshots=snapshot, sample_weight=weights)
+    rank, value = model.expected_rank(X), model.predict(X)
+    assert ((rank > 0) & (rank < 1)).all()
+    assert spearmanr(rank, value)[0] == pytest.approx(1.0)
+    assert len(np.unique(value)) == len(np.unique(rank))
+    assert np.average(value, weights=weights) == pytest.approx(np.average(y, weights=weights), rel=0.05)
+    # the non-buyers' share is the latest snapshot's; a member who surely buys ranks above z / 2
+    assert model.non_buyers_ == pytest.approx(float((y[snapshot == 2] == 0).mean()))
+    assert spearmanr(rank, X["f0"])[0] > 0.5 and spearmanr(rank, X["f1"])[0] > 0.1
+
+
+@pytest.mark.unit
+def test_clv_expected_rank_beats_expected_spend_where_a_few_spend_very_much():
+    """Spearman scores an order in which every non-buyer ties: a model of expected spend lets a
+    few large baskets decide it, the expected rank does not."""
+    from scipy.stats import spearmanr
+
+    from models.clv import CLVModel
+
+    rng = np.random.default_rng(11)
+    X = pd.DataFrame(rng.normal(size=(6000, 4)), columns=[f"f{i}" for i in range(4)])
+    buys = rng.random(len(X)) < 1 / (1 + np.exp(-(X["f0"] - 0.5)))
+    whale = rng.random(len(X)) < 0.02 * (X["f2"] > 1)  # rare, huge and barely predictable
+    y = np.where(buys, rng.gamma(2.0, np.exp(0.5 * X["f1"])) * np.where(whale, 200.0, 1.0), 0.0)
+    fit, out = np.arange(4000), np.arange(4000, 6000)
+    ours = CLVModel().fit(X.iloc[fit], y[fit]).predict(X.iloc[out])
+    tweedie = lgb.LGBMRegressor(objective="tweedie", n_estimators=200, learning_rate=0.05, verbose=-1)
+    theirs = tweedie.fit(X.iloc[fit], y[fit]).predict(X.iloc[out])
+    assert spearmanr(y[out], ours)[0] > spearmanr(y[out], theirs)[0] + 0.01
+
+
+@pytest.mark.unit
+def test_clv_refuses_spend_without_buyers_and_bad_weights():
+    from models.clv import CLVModel
+
+    X, y, _ = _spend_table(400)
+    with pytest.raises(ValueError, match="fewer than two rows with spend above 0"):
+        CLVModel().fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="sample_weight must hold one finite"):
+        CLVModel().fit(X, y, sample_weight=np.ones(3))
+
+
+@pytest.mark.unit
+def test_clv_model_saved_before_the_expected_rank_still_predicts():
+    """A champion registered by the Tweedie version (one booster in ``model_``) is scored by the
+    promotion gate with today's code."""
+    from models.clv import CLVModel
+    from models.features import FeatureMatrix
+
+    X, y, _ = _spend_table(600)
+    old = CLVModel.__new__(CLVModel)
+    old.horizon_days, old.params, old.seed = 90, {}, 7
+    old.features_ = FeatureMatrix().fit(X)
+    old.model_ = lgb.LGBMRegressor(objective="tweedie", n_estimators=20, verbose=-1).fit(old.features_.transform(X), y)
+    np.testing.assert_allclose(old.predict(X), np.clip(old.model_.predict(old.features_.transform(X)), 0, None))
 
 
 def test_drivers_are_probability_points_that_add_up_to_the_gap_to_the_population():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from models.churn import ChurnModel
-from models.linear import SignedLogLinear
+from models.linear import SignedLogLinear, SignedLogRidge
 
 pytestmark = pytest.mark.unit
 
@@ -112,3 +112,18 @@ def test_a_table_without_an_ordered_column_that_varies_scores_zero():
     linear = SignedLogLinear().fit(M, y, usable=np.array([False, True]))
     assert linear.columns_.tolist() == [] and (linear.decision(M) == 0).all()
     assert linear.contributions(M).shape == (60, 2) and (linear.contributions(M) == 0).all()
+
+
+def test_ridge_fits_the_signed_log_and_skips_what_has_no_order():
+    """The regression form reads the same columns as the logistic one: a target linear in
+    log(1 + spend) is recovered; a category code and a constant are left out; with nothing usable
+    every row gets the training mean."""
+    rng = np.random.default_rng(2)
+    spend = rng.gamma(1.5, 200.0, 3000)
+    M = np.column_stack([spend, rng.integers(0, 3, 3000).astype(float), np.full(3000, 4.0)])
+    y = 0.3 * np.log1p(spend) + rng.normal(0, 0.05, 3000)
+    ridge = SignedLogRidge(alpha=1.0).fit(M, y, usable=np.array([True, False, True]))
+    assert ridge.columns_.tolist() == [0]
+    assert np.corrcoef(ridge.predict(M), y)[0, 1] > 0.95
+    flat = SignedLogRidge().fit(M, y, usable=np.array([False, False, True]))
+    np.testing.assert_allclose(flat.predict(M), y.mean())

@@ -96,7 +96,7 @@ def test_quality_summary_compares_against_the_best_untuned_baseline_and_never_th
             {"roc_auc": [0.80, 0.78, 0.79, 0.70, 0.95]},
             index=["lightgbm", "lightgbm_default", "bg_nbd", "recency_only", "oracle"],
         ),
-        "clv": pd.DataFrame({"spearman": [0.50, 0.55]}, index=["lightgbm_tweedie", "bg_nbd_gamma_gamma"]),
+        "clv": pd.DataFrame({"spearman": [0.50, 0.55]}, index=["lightgbm_expected_rank", "bg_nbd_gamma_gamma"]),
     }
     out = gains(tables, {"cf": {"ndcg_at_10": 0.33}})  # the registered model's logged metric, not a row
     assert out["cf_ndcg_over_untuned"] == pytest.approx(0.33 / 0.25)

@@ -213,6 +213,16 @@ def with_features(ctx: TrainingContext, entity_df: pd.DataFrame, service: str) -
     return training_frame(ctx.store, entity_df, service)
 
 
+def member_frames(
+    ctx: TrainingContext, n_snapshots: int, service: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The churn and value jobs' frames: the sampled members' orders, the training snapshots' labels
+    with their point-in-time features, and the holdout's (what a bench scores the jobs' models on)."""
+    order_table = orders(ctx.settings, ctx.settings.training_max_members)
+    _, train_labels, test_labels = cutoff_labels(ctx, n_snapshots, order_table)
+    return order_table, with_features(ctx, train_labels, service), with_features(ctx, test_labels, service)
+
+
 def feature_refs(ctx: TrainingContext, service: str) -> list[str]:
     fs = ctx.store.get_feature_service(service)
     return [f"{p.name}:{f.name}" for p in fs.feature_view_projections for f in p.features]

@@ -1,15 +1,23 @@
-"""Value job: expected spend over the label window (LightGBM Tweedie), 12-month CLV, LoyaltyIndex, RFM."""
+"""Value job: expected spend over the label window (ordered by expected rank), 12-month CLV, LoyaltyIndex, RFM."""
 
 from __future__ import annotations
 
 import mlflow
 import pandas as pd
 
-from kernel.constants import TRAINING_SNAPSHOTS
+from kernel.constants import CHURN_SNAPSHOT_DECAY, TRAINING_SNAPSHOTS
 from kernel.settings import Settings
 from models.clv import CLVModel
 from training import plots
-from training.datasets import context, cutoff_labels, feature_refs, orders, require_repeat_buyers, with_features
+from training.datasets import (
+    context,
+    cutoff_labels,
+    feature_refs,
+    orders,
+    require_repeat_buyers,
+    snapshot_weights,
+    with_features,
+)
 from training.evaluation.baselines import btyd_holdout, untuned_lightgbm
 from training.evaluation.metrics import value_metrics
 from training.jobs.churn import features_only
@@ -40,14 +48,22 @@ def run(
                 "training_members": train_labels["member_id"].nunique(),
                 "training_max_members": settings.training_max_members,
                 "cutoff": ctx.cutoff.date(),
-                "objective": "tweedie",
+                "objective": "expected rank of spend (P(buy) x buyer quantile), isotonic map to currency",
+                "snapshot_decay": CHURN_SNAPSHOT_DECAY,
                 "annualisation": "horizon value x 365 / horizon_days",
             }
         )
         train = with_features(ctx, train_labels, SERVICE)
         test = with_features(ctx, test_labels, SERVICE)
         model = CLVModel(horizon_days=settings.label_window_days, params=params, seed=settings.seed)
-        model.fit(features_only(train), train["spend_next"].to_numpy(), train["member_id"].to_numpy())
+        model.fit(
+            features_only(train),
+            train["spend_next"].to_numpy(),
+            train["member_id"].to_numpy(),
+            snapshots=train["event_timestamp"].to_numpy(),
+            # P(buy) weighs the training snapshots as churn does (the same label, less its calibration)
+            sample_weight=snapshot_weights(train["event_timestamp"], CHURN_SNAPSHOT_DECAY),
+        )
         mlflow.log_params(model.complexity_)
         actual = test["spend_next"].to_numpy()
         metrics = value_metrics(actual, model.predict(features_only(test))) | {"trees": float(model.n_trees_)}
@@ -72,7 +88,7 @@ def run(
         log_metrics(plain_value, "baseline_lgbm_default_")
         comparison = pd.DataFrame(
             {
-                "lightgbm_tweedie": metrics,
+                "lightgbm_expected_rank": metrics,
                 "lightgbm_default": plain_value,
                 "bg_nbd_gamma_gamma": btyd_value,
                 "persistence": baseline,
@@ -85,8 +101,7 @@ def run(
         )
         seg["actual_spend_next_mean"] = pd.Series(actual, index=values.index).groupby(values["rfm_segment"]).mean()
         log_table(seg.reset_index(), "rfm_segments.json")
-        gain = model.model_.booster_.feature_importance("gain")
-        log_figure(plots.importance(model.features_.columns_, gain), "plots/feature_importance.png")
+        log_figure(plots.importance(model.features_.columns_, model.feature_gain_), "plots/feature_importance.png")
         decision = finish(
             settings,
             "clv",
