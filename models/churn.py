@@ -132,7 +132,7 @@ class ChurnModel:
         self.features_ = FeatureMatrix().fit(X)
         M = self.features_.transform(X)
         encoded = self.features_.to_numpy(X)  # what the linear score reads (codes of categories unused)
-        numeric = np.array([c not in self.features_.categorical_ for c in self.features_.columns_])
+        numeric = self.features_.numeric_mask()
         groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         split = GroupShuffleSplit(n_splits=1, test_size=self.calibration_share, random_state=self.seed)
         fit_idx, cal_idx = next(split.split(M, y, groups))

@@ -92,7 +92,7 @@ class CLVModel:
         snap = pd.Series(np.zeros(len(y)) if snapshots is None else np.asarray(snapshots))
         self.features_ = FeatureMatrix().fit(X)
         M, encoded = self.features_.transform(X), self.features_.to_numpy(X)
-        numeric = np.array([c not in self.features_.categorical_ for c in self.features_.columns_])
+        numeric = self.features_.numeric_mask()
         self.non_buyers_ = float(1 - buy[(snap == snap.max()).to_numpy()].mean())
         quantile = pd.Series(np.where(buy, y, np.nan)).groupby(snap.to_numpy()).rank(pct=True).to_numpy()
 
@@ -115,7 +115,7 @@ class CLVModel:
         # the map to currency reads the training rows' own scores; fitted instead on a held-out fifth
         # scored by models that did not see it, its holdout RMSE was worse on all three public sets
         # (bench/RESULTS.md)
-        score = _expected_rank(self.buy_, self.amount_, self.ridge_, self.non_buyers_, M, encoded)
+        score = _expected_rank(self.buy_, self.amount_, self.ridge_, self.non_buyers_, encoded)
         iso = IsotonicRegression(out_of_bounds="clip").fit(score, y, sample_weight=w)
         level = iso.predict(score)
         knots = pd.DataFrame({"score": score, "level": level}).groupby("level")["score"].mean()
@@ -149,8 +149,7 @@ class CLVModel:
 
     def expected_rank(self, X: pd.DataFrame) -> np.ndarray:
         """Each member's expected rank of spend in the horizon on 0..1: the order the value keeps."""
-        parts = (self.buy_, self.amount_, self.ridge_)
-        return _expected_rank(*parts, self.non_buyers_, self.features_.transform(X), self.features_.to_numpy(X))
+        return _expected_rank(self.buy_, self.amount_, self.ridge_, self.non_buyers_, self.features_.to_numpy(X))
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Expected spend over the horizon (currency), in the order of :meth:`expected_rank`."""
@@ -186,14 +185,15 @@ class CLVModel:
         )
 
 
-def _expected_rank(buy, amount, ridge, non_buyers: float, M: pd.DataFrame, encoded: np.ndarray) -> np.ndarray:
+def _expected_rank(buy, amount, ridge, non_buyers: float, encoded: np.ndarray) -> np.ndarray:
     """Expected rank of spend on 0..1 (non-buyers tied at ``non_buyers / 2``) from a P(buy)
-    classifier (None: everyone buys) and the two estimates of a buyer's quantile."""
-    p_buy = np.ones(len(M)) if buy is None else buy.predict_proba(M)[:, 1]
+    classifier (None: everyone buys) and the two estimates of a buyer's quantile, all read from
+    the encoded matrix (the boosters predict on it as on the frame they were fitted on)."""
+    p_buy = np.ones(len(encoded)) if buy is None else buy.booster_.predict(encoded)
     # each estimate is clipped to the quantiles' range before the two are averaged: far outside
     # the training rows (CDNOW's long-dormant members) the ridge extrapolates, and averaged
     # unclipped it cost 0.035 Spearman there (bench/RESULTS.md)
-    q = (np.clip(amount.predict(M), 0, 1) + np.clip(ridge.predict(encoded), 0, 1)) / 2
+    q = (np.clip(amount.booster_.predict(encoded), 0, 1) + np.clip(ridge.predict(encoded), 0, 1)) / 2
     return non_buyers / 2 + p_buy * (non_buyers / 2 + (1 - non_buyers) * q)
 
 

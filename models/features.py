@@ -27,6 +27,10 @@ class FeatureMatrix:
         self.columns_ = cols
         return self
 
+    def numeric_mask(self) -> np.ndarray:
+        """One flag per column: True where its values have an order (a category code has none)."""
+        return np.array([c not in self.categorical_ for c in self.columns_])
+
     def transform(self, df: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in self.columns_ if c not in df.columns]
         if missing:
